@@ -1,0 +1,1 @@
+"""knfn: Knative Serving and Eventing on one machine."""

