@@ -141,6 +141,27 @@ def admin_buckets(settings: Settings, names: tuple[str, ...]) -> None:
     click.echo(f"created {len(created)} bucket(s)" + _listed(created))
 
 
+@main.command("dev")
+@click.option(
+    "--port",
+    envvar="KNFN_PORT",
+    type=int,
+    default=8080,
+    show_default=True,
+    help="Gateway port (env KNFN_PORT).",
+)
+@pass_settings
+@handle_errors
+def dev_command(settings: Settings, port: int) -> None:
+    """Run the whole system: backing services, admin processes, every Service, the gateway."""
+    import asyncio
+
+    from knfn import dev
+    from knfn.logs import Printer
+
+    asyncio.run(dev.run(settings, dev.DevOptions(port=port, host_env=dict(os.environ)), Printer()))
+
+
 @main.command("reset")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_settings

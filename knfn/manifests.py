@@ -1,0 +1,206 @@
+"""The Knative manifests in knative/base, read as the one source of truth.
+
+Only what knfn acts on is modelled (Services, ConfigMaps, Secrets); every other object must still
+be of a known kind so that a typo stops start-up. Errors name the file, the object and the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from knfn.errors import KnfnError
+
+KNOWN_KINDS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("serving.knative.dev/v1", "Service"),
+        ("eventing.knative.dev/v1", "Broker"),
+        ("eventing.knative.dev/v1", "Trigger"),
+        ("sources.knative.dev/v1", "SinkBinding"),
+        ("sources.knative.dev/v1", "PingSource"),
+        ("flows.knative.dev/v1", "Sequence"),
+        ("flows.knative.dev/v1", "Parallel"),
+        ("v1", "ConfigMap"),
+        ("v1", "Secret"),
+        ("batch/v1", "Job"),
+    }
+)
+# The runtime contract reserves these; Knative rejects a Service that sets them.
+RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
+
+
+class ManifestError(KnfnError):
+    """An object in knative/base that knfn (and Knative) would reject."""
+
+    def __init__(self, path: Path, obj: str, fld: str, problem: str) -> None:
+        super().__init__(f"{path}: {obj}: {fld}: {problem}")
+        self.path, self.obj, self.field, self.problem = path, obj, fld, problem
+
+
+@dataclass(frozen=True)
+class EnvFrom:
+    kind: str  # ConfigMap | Secret
+    name: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Container:
+    env: tuple[tuple[str, str], ...]
+    env_from: tuple[EnvFrom, ...]
+    # None: a TCP connect probe (Knative's default); else an HTTP GET of this path, 2xx/3xx.
+    readiness_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    """A Knative Service, as far as knfn runs it."""
+
+    name: str
+    namespace: str
+    source: Path
+    annotations: Mapping[str, str]
+    container: Container
+    container_concurrency: int = 0
+    timeout_seconds: int = 300
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Manifests:
+    services: tuple[Service, ...]
+    config_maps: Mapping[tuple[str, str], Mapping[str, str]]
+    secrets: Mapping[tuple[str, str], tuple[str, ...]]
+    others: tuple[tuple[Path, Mapping[str, Any]], ...]
+
+    def service(self, namespace: str, name: str) -> Service | None:
+        return next((s for s in self.services if (s.namespace, s.name) == (namespace, name)), None)
+
+
+def load(base: Path, functions_dir: Path | None = None) -> Manifests:
+    """Read every file kustomization.yaml lists; validate what knfn relies on."""
+    kustomization = base / "kustomization.yaml"
+    if not kustomization.exists():
+        raise KnfnError(f"{kustomization} does not exist: no Knative manifests to run")
+    listed = _yaml_docs(kustomization)[0].get("resources") or []
+    objects: list[tuple[Path, dict[str, Any]]] = []
+    for entry in listed:
+        path = base / str(entry)
+        if not path.is_file():
+            raise ManifestError(kustomization, "Kustomization", "resources", f"{entry} not found")
+        objects.extend((path, doc) for doc in _yaml_docs(path))
+    return _build(objects, functions_dir)
+
+
+def _yaml_docs(path: Path) -> list[dict[str, Any]]:
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except yaml.YAMLError as exc:
+        raise ManifestError(path, "(file)", "(yaml)", f"not valid YAML: {exc}") from exc
+    for doc in docs:
+        if not isinstance(doc, dict):
+            raise ManifestError(path, "(file)", "(document)", "each document must be a mapping")
+    return docs
+
+
+def _build(objects: Iterable[tuple[Path, dict[str, Any]]], functions_dir: Path | None) -> Manifests:
+    services: list[Service] = []
+    config_maps: dict[tuple[str, str], Mapping[str, str]] = {}
+    secrets: dict[tuple[str, str], tuple[str, ...]] = {}
+    others: list[tuple[Path, Mapping[str, Any]]] = []
+    for path, doc in objects:
+        api, kind = str(doc.get("apiVersion", "")), str(doc.get("kind", ""))
+        meta = doc.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        label = f"{kind or '?'} {name or '?'}"
+        if (api, kind) not in KNOWN_KINDS:
+            raise ManifestError(path, label, "apiVersion/kind", f"unknown kind {api!r}/{kind!r}")
+        if not name:
+            raise ManifestError(path, label, "metadata.name", "is required")
+        namespace = str(meta.get("namespace") or "default")
+        if kind == "Service":
+            services.append(_service(path, label, name, namespace, doc, functions_dir))
+        elif kind == "ConfigMap":
+            data = doc.get("data") or {}
+            config_maps[(namespace, name)] = {str(k): str(v) for k, v in data.items()}
+        elif kind == "Secret":
+            keys = {*(doc.get("stringData") or {}), *(doc.get("data") or {})}
+            secrets[(namespace, name)] = tuple(sorted(str(k) for k in keys))
+        else:
+            others.append((path, doc))
+    return Manifests(tuple(services), config_maps, secrets, tuple(others))
+
+
+def _service(
+    path: Path,
+    label: str,
+    name: str,
+    namespace: str,
+    doc: Mapping[str, Any],
+    functions_dir: Path | None,
+) -> Service:
+    template = (doc.get("spec") or {}).get("template") or {}
+    spec = template.get("spec") or {}
+    annotations = {
+        str(k): str(v)
+        for k, v in ((template.get("metadata") or {}).get("annotations") or {}).items()
+    }
+    containers = spec.get("containers") or []
+    if len(containers) != 1:
+        raise ManifestError(
+            path, label, "spec.template.spec.containers", "exactly one container is supported"
+        )
+    container = _container(path, label, containers[0])
+    cc = _int_field(path, label, spec, "containerConcurrency", 0, 0, 1000)
+    timeout = _int_field(path, label, spec, "timeoutSeconds", 300, 1, 600)
+    if functions_dir is not None and not (functions_dir / name / "main.py").is_file():
+        raise ManifestError(
+            path, label, "metadata.name", f"no function code at {functions_dir / name}/main.py"
+        )
+    return Service(name, namespace, path, annotations, container, cc, timeout, doc)
+
+
+def _container(path: Path, label: str, raw: Mapping[str, Any]) -> Container:
+    env: list[tuple[str, str]] = []
+    for i, item in enumerate(raw.get("env") or []):
+        where = f"spec.template.spec.containers[0].env[{i}]"
+        var = str(item.get("name", ""))
+        if not var:
+            raise ManifestError(path, label, where + ".name", "is required")
+        if var in RESERVED_ENV:
+            raise ManifestError(path, label, where, f"{var} is reserved by the runtime contract")
+        if "valueFrom" in item:
+            raise ManifestError(path, label, where, "valueFrom is not supported; use envFrom")
+        env.append((var, str(item.get("value", ""))))
+    env_from: list[EnvFrom] = []
+    for i, item in enumerate(raw.get("envFrom") or []):
+        where = f"spec.template.spec.containers[0].envFrom[{i}]"
+        for key, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
+            if key in item:
+                ref = item[key] or {}
+                env_from.append(EnvFrom(kind, str(ref.get("name", "")), bool(ref.get("optional"))))
+                break
+        else:
+            raise ManifestError(path, label, where, "needs configMapRef or secretRef")
+    http_get = (raw.get("readinessProbe") or {}).get("httpGet")
+    probe = None if http_get is None else str(http_get.get("path") or "/")
+    return Container(tuple(env), tuple(env_from), probe)
+
+
+def _int_field(
+    path: Path, label: str, spec: Mapping[str, Any], key: str, default: int, lo: int, hi: int
+) -> int:
+    raw = spec.get(key, default)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not lo <= raw <= hi:
+        raise ManifestError(
+            path, label, f"spec.template.spec.{key}", f"{raw!r} must be an integer {lo}..{hi}"
+        )
+    return raw
