@@ -1,0 +1,1525 @@
+"""Offline checks for the cluster manifests (knative/, minio/, postgres/) and functions/Dockerfile.
+
+No cluster and no Docker here, so what Kubernetes and Knative would refuse at `kubectl apply`
+time is checked from the rendered YAML instead. Every check is a pure function over parsed
+objects (plain dicts) that returns a list of problems; an empty list means the check passed.
+Each problem names the object (or file), the field and the value, so a failing test reads like
+the error the API server would have given.
+
+The Knative rules are written from upstream source (cited next to each rule) for the default
+configuration of a fresh install: config-features, config-defaults and config-autoscaler at
+their shipped values. Nothing here is copied from upstream; it restates what upstream accepts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+import subprocess
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import yaml
+
+Obj = dict[str, Any]
+
+# --------------------------------------------------------------------------------------------
+# Loading and naming
+# --------------------------------------------------------------------------------------------
+
+
+class RenderError(Exception):
+    """`kubectl kustomize` failed; the message carries its stderr."""
+
+
+def load_documents(text: str) -> list[Obj]:
+    """Every non-empty YAML document in `text`, in order."""
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def render(kubectl: Path, kustomize_dir: Path) -> list[Obj]:
+    """Render a kustomization with `kubectl kustomize` (kustomize is built into kubectl)."""
+    proc = subprocess.run(
+        [str(kubectl), "kustomize", str(kustomize_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        raise RenderError(f"kubectl kustomize {kustomize_dir} failed:\n{proc.stderr.strip()}")
+    return load_documents(proc.stdout)
+
+
+def group_of(obj: Mapping[str, Any]) -> str:
+    """The API group of an object ("" for the core group)."""
+    api_version = str(obj.get("apiVersion", ""))
+    return api_version.split("/", 1)[0] if "/" in api_version else ""
+
+
+def describe(obj: Mapping[str, Any]) -> str:
+    """A short, unique name for messages: Kind.group namespace/name."""
+    meta = obj.get("metadata") or {}
+    group = group_of(obj)
+    kind = f"{obj.get('kind', '?')}.{group}" if group else str(obj.get("kind", "?"))
+    return f"{kind} {meta.get('namespace', '-')}/{meta.get('name', '?')}"
+
+
+def of_kind(objs: Iterable[Obj], kind: str, group: str | None = None) -> list[Obj]:
+    """Objects of one kind (and, when given, one API group)."""
+    return [o for o in objs if o.get("kind") == kind and (group is None or group_of(o) == group)]
+
+
+def find(objs: Iterable[Obj], kind: str, name: str, group: str | None = None) -> Obj | None:
+    """The object of that kind and name, or None."""
+    for obj in of_kind(objs, kind, group):
+        if (obj.get("metadata") or {}).get("name") == name:
+            return obj
+    return None
+
+
+SERVING = "serving.knative.dev"
+EVENTING = "eventing.knative.dev"
+SOURCES = "sources.knative.dev"
+CNPG = "postgresql.cnpg.io"
+
+
+def knative_services(objs: Iterable[Obj]) -> list[Obj]:
+    """The Knative Services (serving.knative.dev Service, not core v1 Service)."""
+    return of_kind(objs, "Service", SERVING)
+
+
+def is_core(obj: Mapping[str, Any]) -> bool:
+    """Built-in Kubernetes API (core group or a *.k8s.io group), so the OpenAPI schema applies."""
+    group = group_of(obj)
+    return group == "" or "." not in group or group.endswith(".k8s.io")
+
+
+# --------------------------------------------------------------------------------------------
+# The base directory stays plain YAML (knfn reads it without kustomize)
+# --------------------------------------------------------------------------------------------
+
+CLUSTER_SCOPED_KINDS = frozenset(
+    {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass"}
+)
+
+
+def check_plain_base(base_dir: Path) -> list[str]:
+    """kustomization.yaml lists plain files under resources: and nothing else; objects name
+    their namespace explicitly, because knfn reads these files without kustomize."""
+    problems: list[str] = []
+    kfile = base_dir / "kustomization.yaml"
+    if not kfile.is_file():
+        return [f"{kfile}: missing"]
+    kust = yaml.safe_load(kfile.read_text()) or {}
+    extra = sorted(set(kust) - {"apiVersion", "kind", "resources"})
+    if extra:
+        problems.append(f"{kfile}: only resources: is allowed in base, found {extra}")
+    resources = kust.get("resources") or []
+    if not resources:
+        problems.append(f"{kfile}: resources: is empty")
+    for entry in resources:
+        path = base_dir / str(entry)
+        if not path.is_file():
+            problems.append(f"{kfile}: resource {entry!r} is not a plain file")
+            continue
+        try:
+            docs = load_documents(path.read_text())
+        except yaml.YAMLError as exc:
+            problems.append(f"{path}: not YAML: {exc}")
+            continue
+        if not docs:
+            problems.append(f"{path}: no objects")
+        for obj in docs:
+            meta = obj.get("metadata") or {}
+            if obj.get("kind") not in CLUSTER_SCOPED_KINDS and not meta.get("namespace"):
+                problems.append(f"{path}: {describe(obj)} has no metadata.namespace")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Built-in kinds: the Kubernetes OpenAPI schema, strictly (no unknown fields)
+# --------------------------------------------------------------------------------------------
+
+
+def check_core_schemas(objs: Iterable[Obj], k8s_version: str) -> list[str]:
+    """Validate every built-in object against the Kubernetes schema of `k8s_version`, strict."""
+    problems: list[str] = []
+    for obj in objs:
+        if not is_core(obj):
+            continue
+        try:
+            kubernetes_validate.validate(obj, k8s_version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(str(p) for p in exc.path) or "(root)"
+            problems.append(f"{describe(obj)}: {where}: {exc.message}")
+        except kubernetes_validate.SchemaNotFoundError as exc:
+            problems.append(f"{describe(obj)}: {exc.message}")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Custom resources: a small schema of allowed keys per kind
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A scalar: `types` are the Python types YAML may give it."""
+
+    types: tuple[type, ...]
+    name: str
+
+
+@dataclass(frozen=True)
+class Fields:
+    """A mapping with a closed set of keys."""
+
+    allowed: Mapping[str, Schema]
+    required: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A list whose items all follow one schema."""
+
+    item: Schema
+
+
+@dataclass(frozen=True)
+class MapOf:
+    """A mapping with free keys and values of one schema (labels, data, ...)."""
+
+    value: Schema
+
+
+@dataclass(frozen=True)
+class Anything:
+    """Not checked further (a field this repository does not use)."""
+
+
+Schema = Leaf | Fields | ListOf | MapOf | Anything
+
+STR = Leaf((str,), "string")
+INT = Leaf((int,), "integer")
+BOOL = Leaf((bool,), "boolean")
+QUANTITY = Leaf((str, int, float), "quantity")
+INT_OR_STR = Leaf((int, str), "integer or string")
+ANY = Anything()
+
+
+def req(allowed: Mapping[str, Schema], *required: str) -> Fields:
+    """Fields with some of them required."""
+    return Fields(allowed, frozenset(required))
+
+
+OBJECT_META = req(
+    {"name": STR, "namespace": STR, "labels": MapOf(STR), "annotations": MapOf(STR)}, "name"
+)
+
+# duck/v1 KReference and Destination (knative.dev/pkg apis/duck/v1 knative_reference.go,
+# destination.go).
+KREF = req(
+    {"apiVersion": STR, "kind": STR, "name": STR, "namespace": STR, "group": STR, "address": STR},
+    "kind",
+    "name",
+)
+DESTINATION = Fields({"ref": KREF, "uri": STR, "CACerts": STR, "audience": STR})
+# knative/eventing pkg/apis/duck/v1/delivery_types.go DeliverySpec.
+DELIVERY = Fields(
+    {
+        "deadLetterSink": DESTINATION,
+        "retry": INT,
+        "timeout": STR,
+        "backoffPolicy": STR,
+        "backoffDelay": STR,
+        "retryAfterMax": STR,
+        "format": STR,
+    }
+)
+CE_OVERRIDES = Fields({"extensions": MapOf(STR)})
+
+# Knative Serving with default config-features: only these PodSpec/Container fields survive
+# the field masks (knative/serving pkg/apis/serving/fieldmask.go; the feature-gated ones such as
+# pod securityContext, affinity, nodeSelector, fieldRef, PVC and hostPath volumes, added
+# capabilities are "disabled" in config/core/configmaps/features.yaml, emptyDir is "enabled").
+LOCAL_REF = req({"name": STR, "optional": BOOL}, "name")
+KEY_REF = req({"name": STR, "key": STR, "optional": BOOL}, "name", "key")
+ENV_VAR = req(
+    {
+        "name": STR,
+        "value": STR,
+        "valueFrom": Fields({"configMapKeyRef": KEY_REF, "secretKeyRef": KEY_REF}),
+    },
+    "name",
+)
+ENV_FROM = Fields({"prefix": STR, "configMapRef": LOCAL_REF, "secretRef": LOCAL_REF})
+PROBE = Fields(
+    {
+        "httpGet": Fields(
+            {
+                "host": STR,
+                "path": STR,
+                "scheme": STR,
+                "port": INT_OR_STR,
+                "httpHeaders": ListOf(req({"name": STR, "value": STR}, "name", "value")),
+            }
+        ),
+        "tcpSocket": Fields({"host": STR, "port": INT_OR_STR}),
+        "exec": Fields({"command": ListOf(STR)}),
+        "grpc": Fields({"port": INT, "service": STR}),
+        "initialDelaySeconds": INT,
+        "timeoutSeconds": INT,
+        "periodSeconds": INT,
+        "successThreshold": INT,
+        "failureThreshold": INT,
+        "terminationGracePeriodSeconds": INT,
+    }
+)
+CONTAINER_SECURITY = Fields(
+    {
+        "capabilities": Fields({"drop": ListOf(STR)}),
+        "readOnlyRootFilesystem": BOOL,
+        "runAsUser": INT,
+        "runAsGroup": INT,
+        "runAsNonRoot": BOOL,
+        "allowPrivilegeEscalation": BOOL,
+        "seccompProfile": req({"type": STR, "localhostProfile": STR}, "type"),
+    }
+)
+KSVC_CONTAINER = req(
+    {
+        "name": STR,
+        "image": STR,
+        "args": ListOf(STR),
+        "command": ListOf(STR),
+        "env": ListOf(ENV_VAR),
+        "envFrom": ListOf(ENV_FROM),
+        "workingDir": STR,
+        "imagePullPolicy": STR,
+        "ports": ListOf(req({"containerPort": INT, "name": STR, "protocol": STR}, "containerPort")),
+        "readinessProbe": PROBE,
+        "livenessProbe": PROBE,
+        "startupProbe": PROBE,
+        "resources": Fields({"requests": MapOf(QUANTITY), "limits": MapOf(QUANTITY)}),
+        "securityContext": CONTAINER_SECURITY,
+        "terminationMessagePath": STR,
+        "terminationMessagePolicy": STR,
+        "volumeMounts": ListOf(
+            req(
+                {"name": STR, "mountPath": STR, "readOnly": BOOL, "subPath": STR},
+                "name",
+                "mountPath",
+            )
+        ),
+    },
+    "image",
+)
+KSVC_VOLUME = req(
+    {
+        "name": STR,
+        "emptyDir": Fields({"medium": STR, "sizeLimit": QUANTITY}),
+        "secret": ANY,
+        "configMap": ANY,
+        "projected": ANY,
+    },
+    "name",
+)
+# knative/serving pkg/apis/serving/v1/revision_types.go RevisionSpec (PodSpec inline + 4 fields).
+REVISION_SPEC = req(
+    {
+        "containers": ListOf(KSVC_CONTAINER),
+        "volumes": ListOf(KSVC_VOLUME),
+        "serviceAccountName": STR,
+        "imagePullSecrets": ListOf(req({"name": STR}, "name")),
+        "enableServiceLinks": BOOL,
+        "automountServiceAccountToken": BOOL,
+        "containerConcurrency": INT,
+        "timeoutSeconds": INT,
+        "responseStartTimeoutSeconds": INT,
+        "idleTimeoutSeconds": INT,
+    },
+    "containers",
+)
+# route_types.go TrafficTarget; within a Service the webhook rejects configurationName and url.
+TRAFFIC_TARGET = Fields({"tag": STR, "revisionName": STR, "latestRevision": BOOL, "percent": INT})
+KSVC_SPEC = req(
+    {
+        "template": req(
+            {
+                "metadata": Fields({"name": STR, "labels": MapOf(STR), "annotations": MapOf(STR)}),
+                "spec": REVISION_SPEC,
+            },
+            "spec",
+        ),
+        "traffic": ListOf(TRAFFIC_TARGET),
+    },
+    "template",
+)
+# knative/eventing pkg/apis/eventing/v1/broker_types.go, trigger_types.go.
+BROKER_SPEC = Fields({"config": KREF, "delivery": DELIVERY})
+TRIGGER_SPEC = req(
+    {
+        "broker": STR,
+        "brokerRef": KREF,
+        "filter": Fields({"attributes": MapOf(STR)}),
+        "filters": ListOf(ANY),
+        "subscriber": DESTINATION,
+        "delivery": DELIVERY,
+    },
+    "subscriber",
+)
+# knative/eventing pkg/apis/sources/v1 sinkbinding_types.go (duck SourceSpec + BindingSpec with
+# a tracker.Reference subject) and ping_types.go.
+SINKBINDING_SPEC = req(
+    {
+        "subject": req(
+            {"apiVersion": STR, "kind": STR, "name": STR, "namespace": STR, "selector": ANY},
+            "apiVersion",
+            "kind",
+        ),
+        "sink": DESTINATION,
+        "ceOverrides": CE_OVERRIDES,
+    },
+    "subject",
+    "sink",
+)
+PINGSOURCE_SPEC = req(
+    {
+        "schedule": STR,
+        "timezone": STR,
+        "contentType": STR,
+        "data": STR,
+        "dataBase64": STR,
+        "sink": DESTINATION,
+        "ceOverrides": CE_OVERRIDES,
+    },
+    "schedule",
+    "sink",
+)
+# cloudnative-pg api/v1/cluster_types.go ClusterSpec: top-level keys, and the parts used here.
+_CNPG_TOP = (
+    "description",
+    "inheritedMetadata",
+    "imageName",
+    "imageCatalogRef",
+    "imagePullPolicy",
+    "schedulerName",
+    "postgresUID",
+    "postgresGID",
+    "instances",
+    "minSyncReplicas",
+    "maxSyncReplicas",
+    "podSelectorRefs",
+    "replicationSlots",
+    "replica",
+    "superuserSecret",
+    "enableSuperuserAccess",
+    "certificates",
+    "imagePullSecrets",
+    "serviceAccountTemplate",
+    "serviceAccountName",
+    "ephemeralVolumeSource",
+    "startDelay",
+    "stopDelay",
+    "smartShutdownTimeout",
+    "switchoverDelay",
+    "failoverDelay",
+    "livenessProbeTimeout",
+    "topologySpreadConstraints",
+    "ephemeralVolumesSizeLimit",
+    "priorityClassName",
+    "primaryUpdateStrategy",
+    "primaryUpdateMethod",
+    "backup",
+    "nodeMaintenanceWindow",
+    "monitoring",
+    "externalClusters",
+    "logLevel",
+    "projectedVolumeTemplate",
+    "env",
+    "envFrom",
+    "managed",
+    "seccompProfile",
+    "podSecurityContext",
+    "securityContext",
+    "tablespaces",
+    "enablePDB",
+    "plugins",
+    "probes",
+    "primaryLease",
+    "resources",
+)
+CNPG_STORAGE = Fields(
+    {"storageClass": STR, "size": STR, "resizeInUseVolumes": BOOL, "pvcTemplate": ANY}
+)
+CNPG_CLUSTER_SPEC = req(
+    {
+        **{key: ANY for key in _CNPG_TOP},
+        "instances": INT,
+        "imageName": STR,
+        "storage": CNPG_STORAGE,
+        "walStorage": CNPG_STORAGE,
+        "bootstrap": Fields(
+            {
+                "initdb": Fields(
+                    {
+                        "database": STR,
+                        "owner": STR,
+                        "secret": LOCAL_REF,
+                        "dataChecksums": BOOL,
+                        "encoding": STR,
+                        "postInitSQL": ListOf(STR),
+                        "postInitApplicationSQL": ListOf(STR),
+                    }
+                ),
+                "recovery": ANY,
+                "pg_basebackup": ANY,
+            }
+        ),
+        "postgresql": Fields(
+            {
+                "parameters": MapOf(STR),
+                "synchronous": req(
+                    {
+                        "method": STR,
+                        "number": INT,
+                        "dataDurability": STR,
+                        "maxStandbyNamesFromCluster": INT,
+                        "failoverQuorum": BOOL,
+                    },
+                    "method",
+                    "number",
+                ),
+                "pg_hba": ListOf(STR),
+                "pg_ident": ListOf(STR),
+                "shared_preload_libraries": ListOf(STR),
+                "enableAlterSystem": BOOL,
+            }
+        ),
+        "affinity": Fields(
+            {
+                "enablePodAntiAffinity": BOOL,
+                "topologyKey": STR,
+                "podAntiAffinityType": STR,
+                "nodeSelector": MapOf(STR),
+                "tolerations": ANY,
+                "nodeAffinity": ANY,
+                "additionalPodAntiAffinity": ANY,
+                "additionalPodAffinity": ANY,
+            }
+        ),
+    },
+    "instances",
+)
+
+
+def _resource(spec: Schema) -> Fields:
+    return req(
+        {"apiVersion": STR, "kind": STR, "metadata": OBJECT_META, "spec": spec},
+        "apiVersion",
+        "kind",
+        "metadata",
+        "spec",
+    )
+
+
+CUSTOM_SCHEMAS: Mapping[tuple[str, str], Fields] = {
+    (f"{SERVING}/v1", "Service"): _resource(KSVC_SPEC),
+    (f"{EVENTING}/v1", "Broker"): _resource(BROKER_SPEC),
+    (f"{EVENTING}/v1", "Trigger"): _resource(TRIGGER_SPEC),
+    (f"{SOURCES}/v1", "SinkBinding"): _resource(SINKBINDING_SPEC),
+    (f"{SOURCES}/v1", "PingSource"): _resource(PINGSOURCE_SPEC),
+    (f"{CNPG}/v1", "Cluster"): _resource(CNPG_CLUSTER_SPEC),
+}
+
+
+def shape_problems(value: Any, schema: Schema, path: str) -> list[str]:
+    """Where `value` strays from `schema`: unknown keys, missing required keys, wrong types."""
+    if isinstance(schema, Anything):
+        return []
+    if isinstance(schema, Leaf):
+        # bool is an int in Python; a YAML true is never a valid integer here.
+        if isinstance(value, bool) and bool not in schema.types:
+            return [f"{path}: expected {schema.name}, got {value!r}"]
+        if not isinstance(value, schema.types):
+            return [f"{path}: expected {schema.name}, got {value!r}"]
+        return []
+    if isinstance(schema, ListOf):
+        if not isinstance(value, list):
+            return [f"{path}: expected a list, got {value!r}"]
+        return [
+            p
+            for i, item in enumerate(value)
+            for p in shape_problems(item, schema.item, f"{path}[{i}]")
+        ]
+    if not isinstance(value, dict):
+        return [f"{path}: expected a mapping, got {value!r}"]
+    if isinstance(schema, MapOf):
+        return [p for k, v in value.items() for p in shape_problems(v, schema.value, f"{path}.{k}")]
+    problems: list[str] = []
+    for key in sorted(schema.required - set(value)):
+        problems.append(f"{path}: missing required field {key!r}")
+    for key, item in value.items():
+        if key not in schema.allowed:
+            allowed = ", ".join(sorted(schema.allowed))
+            problems.append(f"{path}: unknown field {key!r} (known: {allowed})")
+        else:
+            problems.extend(shape_problems(item, schema.allowed[key], f"{path}.{key}"))
+    return problems
+
+
+def check_custom_schemas(objs: Iterable[Obj]) -> list[str]:
+    """Every non-built-in object is a kind with a schema here, and follows it."""
+    problems: list[str] = []
+    for obj in objs:
+        if is_core(obj):
+            continue
+        schema = CUSTOM_SCHEMAS.get((str(obj.get("apiVersion")), str(obj.get("kind"))))
+        if schema is None:
+            problems.append(
+                f"{describe(obj)}: no schema for {obj.get('apiVersion')} {obj.get('kind')}"
+            )
+            continue
+        problems.extend(f"{describe(obj)}: {p}" for p in shape_problems(obj, schema, "$"))
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Knative Serving rules beyond the shape
+# --------------------------------------------------------------------------------------------
+
+AUTOSCALING = "autoscaling.knative.dev"
+KPA = "kpa.autoscaling.knative.dev"
+HPA = "hpa.autoscaling.knative.dev"
+# Current kebab-case key -> older camelCase spelling still read (knative/serving
+# pkg/apis/autoscaling/register.go, the kmap.KeyPriority lists). None = no old spelling.
+AUTOSCALING_KEYS: Mapping[str, str | None] = {
+    "class": None,
+    "metric": None,
+    "target": None,
+    "window": None,
+    "activation-scale": None,
+    "min-scale": "minScale",
+    "max-scale": "maxScale",
+    "initial-scale": "initialScale",
+    "scale-down-delay": "scaleDownDelay",
+    "target-utilization-percentage": "targetUtilizationPercentage",
+    "target-burst-capacity": "targetBurstCapacity",
+    "panic-window-percentage": "panicWindowPercentage",
+    "panic-threshold-percentage": "panicThresholdPercentage",
+    "scale-to-zero-pod-retention-period": "scaleToZeroPodRetentionPeriod",
+    "metric-aggregation-algorithm": "metricAggregationAlgorithm",
+}
+# Only settable cluster-wide, in config-autoscaler.
+GLOBAL_ONLY_KEYS = frozenset({"scale-to-zero-grace-period", "enable-scale-to-zero"})
+WINDOW_MIN_S, WINDOW_MAX_S = 6.0, 3600.0  # register.go WindowMin / WindowMax
+TARGET_MIN = 0.01  # register.go TargetMin
+MAX_CONTAINER_CONCURRENCY = 1000  # config-defaults container-concurrency-max-limit
+MAX_TIMEOUT_SECONDS = 600  # config-defaults max-revision-timeout-seconds
+# k8s_validation.go reservedEnvVars / reservedPorts (knative.dev/networking constants: 8012,
+# 8013 backend, 8022 queue admin, 9090/9091 queue metrics; 8008 profiling).
+RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
+RESERVED_PORTS = frozenset({8012, 8013, 8022, 9090, 9091, 8008})
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_go_duration(text: str) -> float | None:
+    """Seconds in a Go time.ParseDuration string ("60s", "1m30s", "0"), or None if invalid."""
+    body = text[1:] if text[:1] in "+-" else text
+    sign = -1.0 if text.startswith("-") else 1.0
+    if body == "0":
+        return 0.0
+    if not body:
+        return None
+    pos, total = 0, 0.0
+    for match in _GO_DURATION.finditer(body):
+        if match.start() != pos:
+            return None
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    return sign * total if pos == len(body) else None
+
+
+def _float(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _int32(value: str) -> int | None:
+    if not re.fullmatch(r"[+-]?\d+", value.strip()):
+        return None
+    number = int(value)
+    return number if -(2**31) <= number < 2**31 else None
+
+
+def check_autoscaling_annotations(
+    annotations: Mapping[str, str], where: str, allow_zero_initial_scale: bool = False
+) -> list[str]:
+    """Revision-template autoscaling annotations as Knative's webhook checks them
+    (knative/serving pkg/apis/autoscaling/annotation_validation.go ValidateAnnotations)."""
+    problems: list[str] = []
+    values: dict[str, tuple[str, str]] = {}  # kebab key -> (key as written, value)
+    old_to_new = {old: new for new, old in AUTOSCALING_KEYS.items() if old}
+    for key, value in annotations.items():
+        if not key.startswith(AUTOSCALING + "/"):
+            continue
+        short = key.split("/", 1)[1]
+        if short in GLOBAL_ONLY_KEYS:
+            problems.append(f"{where}: {key} is a cluster-wide setting (config-autoscaler)")
+            continue
+        canonical = short if short in AUTOSCALING_KEYS else old_to_new.get(short)
+        if canonical is None:
+            problems.append(f"{where}: unknown autoscaling annotation {key}")
+            continue
+        if canonical in values:
+            problems.append(
+                f"{where}: {key} and {values[canonical][0]} both set; keep the kebab-case one"
+            )
+            continue
+        values[canonical] = (key, str(value))
+
+    def bad(name: str, message: str) -> None:
+        problems.append(f"{where}: {values[name][0]}={values[name][1]!r}: {message}")
+
+    klass = values.get("class", ("", KPA))[1]
+    if "class" in values and klass.endswith(".knative.dev") and klass not in (KPA, HPA):
+        bad("class", f"must be {KPA} or {HPA}")
+    if "metric" in values:
+        metric = values["metric"][1]
+        if klass == KPA and metric not in ("concurrency", "rps"):
+            bad("metric", "the KPA scales on concurrency or rps")
+        if klass == HPA and not metric:
+            bad("metric", "must not be empty")
+    if "target" in values:
+        number = _float(values["target"][1])
+        if number is None or number < TARGET_MIN:
+            bad("target", f"must be a number >= {TARGET_MIN}")
+    for name, low, high in (
+        ("target-utilization-percentage", 1.0, 100.0),
+        ("panic-window-percentage", 1.0, 100.0),
+        ("panic-threshold-percentage", 110.0, 1000.0),
+    ):
+        if name in values:
+            number = _float(values[name][1])
+            if number is None or not low <= number <= high:
+                bad(name, f"must be a number in [{low:g}, {high:g}]")
+    if "target-burst-capacity" in values:
+        number = _float(values["target-burst-capacity"][1])
+        if number is None or (number < 0 and number != -1):
+            bad("target-burst-capacity", "must be >= 0, or -1 for unlimited")
+    scales: dict[str, int] = {}
+    for name in ("min-scale", "max-scale"):
+        if name in values:
+            number = _int32(values[name][1])
+            if number is None or number < 0:
+                bad(name, "must be an integer >= 0")
+            else:
+                scales[name] = number
+    low, high = scales.get("min-scale", 0), scales.get("max-scale", 0)
+    if high and high < low:
+        problems.append(f"{where}: max-scale={high} is less than min-scale={low}")
+    if "activation-scale" in values:
+        number = _int32(values["activation-scale"][1])
+        if number is None:
+            bad("activation-scale", "must be an integer")
+        elif number < 2:
+            bad("activation-scale", "must be at least 2")
+        elif number < low or (high and number > high):
+            bad("activation-scale", "must lie between min-scale and max-scale")
+    if "initial-scale" in values:
+        number = _int32(values["initial-scale"][1])
+        if number is None or number < 0:
+            bad("initial-scale", "must be an integer >= 0")
+        elif number == 0 and not allow_zero_initial_scale:
+            bad("initial-scale", "0 needs allow-zero-initial-scale in config-autoscaler")
+    for name, low_s, high_s in (
+        ("window", WINDOW_MIN_S, WINDOW_MAX_S),
+        ("scale-down-delay", 0.0, WINDOW_MAX_S),
+        ("scale-to-zero-pod-retention-period", 0.0, WINDOW_MAX_S),
+    ):
+        if name in values:
+            seconds = parse_go_duration(values[name][1])
+            if seconds is None:
+                bad(name, "must be a Go duration such as 60s or 1m30s")
+            elif not low_s <= seconds <= high_s:
+                bad(name, f"must be between {low_s:g}s and {high_s:g}s")
+            elif name != "scale-to-zero-pod-retention-period" and seconds != int(seconds):
+                bad(name, "must be whole seconds")
+    # Only validated when the class is set to KPA explicitly (custom classes have own values).
+    algorithm = values.get("metric-aggregation-algorithm", ("", ""))[1]
+    known = ("linear", "weighted-exponential", "weightedExponential")
+    if "class" in values and klass == KPA and algorithm and algorithm not in known:
+        bad("metric-aggregation-algorithm", "must be linear or weighted-exponential")
+    return problems
+
+
+def _containers(pod_spec: Mapping[str, Any]) -> list[Obj]:
+    return list(pod_spec.get("containers") or []) + list(pod_spec.get("initContainers") or [])
+
+
+def check_serving_rules(objs: Iterable[Obj]) -> list[str]:
+    """Knative Service rules the schema cannot express: annotation placement and values,
+    containerConcurrency and timeout bounds, reserved env vars and ports."""
+    problems: list[str] = []
+    for ksvc in knative_services(objs):
+        name = describe(ksvc)
+        for key in (ksvc.get("metadata") or {}).get("annotations") or {}:
+            if key.startswith(AUTOSCALING + "/"):
+                # metadata_validation.go ValidateHasNoAutoscalingAnnotation
+                problems.append(
+                    f"{name}: metadata.annotations.{key}: autoscaling annotations belong in "
+                    "spec.template.metadata.annotations"
+                )
+        template = (ksvc.get("spec") or {}).get("template") or {}
+        annotations = (template.get("metadata") or {}).get("annotations") or {}
+        problems.extend(
+            check_autoscaling_annotations(annotations, f"{name}: spec.template.metadata")
+        )
+        spec = template.get("spec") or {}
+        cc = spec.get("containerConcurrency")
+        if cc is not None and not (isinstance(cc, int) and 0 <= cc <= MAX_CONTAINER_CONCURRENCY):
+            problems.append(
+                f"{name}: containerConcurrency={cc!r} must be in [0, {MAX_CONTAINER_CONCURRENCY}]"
+            )
+        timeout = spec.get("timeoutSeconds")
+        for key in ("timeoutSeconds", "responseStartTimeoutSeconds", "idleTimeoutSeconds"):
+            value = spec.get(key)
+            if value is not None and not (
+                isinstance(value, int) and 0 <= value <= MAX_TIMEOUT_SECONDS
+            ):
+                problems.append(f"{name}: {key}={value!r} must be in [0, {MAX_TIMEOUT_SECONDS}]")
+        start = spec.get("responseStartTimeoutSeconds")
+        if isinstance(start, int) and isinstance(timeout, int) and start > timeout:
+            problems.append(
+                f"{name}: responseStartTimeoutSeconds={start} exceeds timeoutSeconds={timeout}"
+            )
+        containers = _containers(spec)
+        if not containers:
+            problems.append(f"{name}: no containers")
+        for container in containers:
+            for env in container.get("env") or []:
+                if env.get("name") in RESERVED_ENV:
+                    problems.append(
+                        f"{name}: container {container.get('name')}: env {env['name']} is "
+                        "reserved (set by Knative)"
+                    )
+            for port in container.get("ports") or []:
+                if port.get("containerPort") in RESERVED_PORTS:
+                    problems.append(
+                        f"{name}: container {container.get('name')}: port "
+                        f"{port['containerPort']} is reserved for queue-proxy"
+                    )
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Function contract: each Service runs functions/<name>/main.py's FUNCTION_TARGET
+# --------------------------------------------------------------------------------------------
+
+
+def _env(container: Mapping[str, Any]) -> dict[str, str]:
+    return {str(e.get("name")): str(e["value"]) for e in container.get("env") or [] if "value" in e}
+
+
+def image_repository(image: str) -> str:
+    """The repository part of an image reference (no tag, no digest)."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name = name[: len(name) - len(last)] + last.split(":", 1)[0]
+    return name
+
+
+def check_function_contract(objs: Iterable[Obj], functions_dir: Path) -> list[str]:
+    """A Service named X runs functions/X/: its image is knfn/X, its FUNCTION_TARGET is a
+    function defined in functions/X/main.py, and it uses the http signature type."""
+    problems: list[str] = []
+    for ksvc in knative_services(objs):
+        name = str((ksvc.get("metadata") or {}).get("name"))
+        where = describe(ksvc)
+        spec = ((ksvc.get("spec") or {}).get("template") or {}).get("spec") or {}
+        containers = spec.get("containers") or []
+        if len(containers) != 1:
+            problems.append(f"{where}: expected one container, found {len(containers)}")
+            continue
+        container = containers[0]
+        repo = image_repository(str(container.get("image", "")))
+        if repo.rsplit("/", 1)[-1] != name:
+            problems.append(
+                f"{where}: image {container.get('image')!r} is not built from functions/{name}/"
+            )
+        env = _env(container)
+        if env.get("FUNCTION_SIGNATURE_TYPE") != "http":
+            problems.append(
+                f"{where}: env FUNCTION_SIGNATURE_TYPE={env.get('FUNCTION_SIGNATURE_TYPE')!r}, "
+                "expected 'http'"
+            )
+        target = env.get("FUNCTION_TARGET")
+        if not target:
+            problems.append(f"{where}: env FUNCTION_TARGET is not set")
+            continue
+        main = functions_dir / name / "main.py"
+        if not main.is_file():
+            problems.append(f"{where}: {main} does not exist")
+            continue
+        if not re.search(rf"^(async\s+)?def\s+{re.escape(target)}\s*\(", main.read_text(), re.M):
+            problems.append(f"{where}: {main} defines no top-level def {target}(")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# References: everything a manifest points at exists in the same render
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class External:
+    """Objects that a render may point at without containing them (made by an installer or
+    created out of band). Kind is "Secret", "ConfigMap", ...; namespace "default" unless set."""
+
+    kind: str
+    name: str
+    namespace: str = "default"
+
+
+def _namespace(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("namespace") or "default")
+
+
+def _exists(
+    objs: list[Obj],
+    kind: str,
+    name: str,
+    namespace: str,
+    group: str | None,
+    external: frozenset[External],
+) -> bool:
+    if External(kind, name, namespace) in external:
+        return True
+    return any(
+        (o.get("metadata") or {}).get("name") == name and _namespace(o) == namespace
+        for o in of_kind(objs, kind, group)
+    )
+
+
+def _pod_specs(obj: Mapping[str, Any]) -> Iterator[tuple[str, Obj]]:
+    """(field path, pod spec) for workloads that carry one."""
+    spec = obj.get("spec") or {}
+    if obj.get("kind") in ("StatefulSet", "Deployment", "DaemonSet", "ReplicaSet", "Job"):
+        yield "spec.template.spec", (spec.get("template") or {}).get("spec") or {}
+    elif obj.get("kind") == "CronJob":
+        job = (spec.get("jobTemplate") or {}).get("spec") or {}
+        yield "spec.jobTemplate.spec.template.spec", (job.get("template") or {}).get("spec") or {}
+    elif obj.get("kind") == "Service" and group_of(obj) == SERVING:
+        yield "spec.template.spec", (spec.get("template") or {}).get("spec") or {}
+
+
+def check_references(objs: list[Obj], external: Iterable[External] = ()) -> list[str]:
+    """Trigger subscribers and brokers, dead-letter sinks, SinkBinding subjects and sinks,
+    PingSource sinks, envFrom/valueFrom Secrets and ConfigMaps (and their keys), StatefulSet
+    governing Services and Broker configs all exist in the render (or are declared external)."""
+    ext = frozenset(external)
+    problems: list[str] = []
+
+    def need_ref(owner: Obj, path: str, ref: Mapping[str, Any] | None) -> None:
+        if not ref:
+            return
+        group = (
+            str(ref.get("apiVersion", "")).split("/", 1)[0]
+            if "/" in str(ref.get("apiVersion", ""))
+            else ""
+        )
+        namespace = str(ref.get("namespace") or _namespace(owner))
+        if not _exists(objs, str(ref.get("kind")), str(ref.get("name")), namespace, group, ext):
+            problems.append(
+                f"{describe(owner)}: {path} points at {ref.get('kind')} "
+                f"{namespace}/{ref.get('name')}, which is not in the render"
+            )
+
+    def need_destination(owner: Obj, path: str, dest: Mapping[str, Any] | None) -> None:
+        if not dest:
+            problems.append(f"{describe(owner)}: {path} is missing")
+        elif "ref" in dest:
+            need_ref(owner, f"{path}.ref", dest["ref"])
+        elif not dest.get("uri"):
+            problems.append(f"{describe(owner)}: {path} has neither ref nor uri")
+
+    def need_delivery(owner: Obj, path: str, delivery: Mapping[str, Any] | None) -> None:
+        if delivery and "deadLetterSink" in delivery:
+            need_destination(owner, f"{path}.deadLetterSink", delivery["deadLetterSink"])
+
+    for broker in of_kind(objs, "Broker", EVENTING):
+        spec = broker.get("spec") or {}
+        need_delivery(broker, "spec.delivery", spec.get("delivery"))
+        need_ref(broker, "spec.config", spec.get("config"))
+    for trigger in of_kind(objs, "Trigger", EVENTING):
+        spec = trigger.get("spec") or {}
+        broker_name = spec.get("broker")
+        if not broker_name:
+            problems.append(f"{describe(trigger)}: spec.broker is not set")
+        elif not _exists(objs, "Broker", str(broker_name), _namespace(trigger), EVENTING, ext):
+            problems.append(
+                f"{describe(trigger)}: spec.broker {broker_name!r} is not in the render"
+            )
+        need_destination(trigger, "spec.subscriber", spec.get("subscriber"))
+        need_delivery(trigger, "spec.delivery", spec.get("delivery"))
+    for binding in of_kind(objs, "SinkBinding", SOURCES):
+        spec = binding.get("spec") or {}
+        subject = spec.get("subject") or {}
+        if "name" in subject:
+            need_ref(binding, "spec.subject", subject)
+        need_destination(binding, "spec.sink", spec.get("sink"))
+    for ping in of_kind(objs, "PingSource", SOURCES):
+        need_destination(ping, "spec.sink", (ping.get("spec") or {}).get("sink"))
+    for sts in of_kind(objs, "StatefulSet", "apps"):
+        service = (sts.get("spec") or {}).get("serviceName")
+        if service and not _exists(objs, "Service", str(service), _namespace(sts), "", ext):
+            problems.append(f"{describe(sts)}: spec.serviceName {service!r} is not in the render")
+    for obj in objs:
+        for path, pod in _pod_specs(obj):
+            for container in _containers(pod):
+                where = f"{path} container {container.get('name')}"
+                for source in container.get("envFrom") or []:
+                    for field_name, kind in (
+                        ("secretRef", "Secret"),
+                        ("configMapRef", "ConfigMap"),
+                    ):
+                        ref = source.get(field_name)
+                        if ref and not ref.get("optional"):
+                            _need_local(
+                                objs, ext, obj, f"{where} envFrom", kind, ref, None, problems
+                            )
+                for env in container.get("env") or []:
+                    value_from = env.get("valueFrom") or {}
+                    for field_name, kind in (
+                        ("secretKeyRef", "Secret"),
+                        ("configMapKeyRef", "ConfigMap"),
+                    ):
+                        ref = value_from.get(field_name)
+                        if ref and not ref.get("optional"):
+                            _need_local(
+                                objs,
+                                ext,
+                                obj,
+                                f"{where} env {env.get('name')}",
+                                kind,
+                                ref,
+                                str(ref.get("key")),
+                                problems,
+                            )
+    return problems
+
+
+def _need_local(
+    objs: list[Obj],
+    ext: frozenset[External],
+    owner: Obj,
+    where: str,
+    kind: str,
+    ref: Mapping[str, Any],
+    key: str | None,
+    problems: list[str],
+) -> None:
+    name = str(ref.get("name"))
+    namespace = _namespace(owner)
+    if External(kind, name, namespace) in ext:
+        return
+    target = next(
+        (
+            o
+            for o in of_kind(objs, kind, "")
+            if (o.get("metadata") or {}).get("name") == name and _namespace(o) == namespace
+        ),
+        None,
+    )
+    if target is None:
+        problems.append(
+            f"{describe(owner)}: {where}: {kind} {namespace}/{name} is not in the render"
+        )
+    elif key is not None:
+        keys = set(target.get("data") or {}) | set(target.get("stringData") or {})
+        if key not in keys:
+            problems.append(f"{describe(owner)}: {where}: {kind} {name} has no key {key!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Secrets carry placeholders, never real-looking credentials
+# --------------------------------------------------------------------------------------------
+
+PLACEHOLDER_WORDS = (
+    "change-me",
+    "changeme",
+    "change_me",
+    "replace-me",
+    "replace_me",
+    "replaceme",
+    "placeholder",
+    "example",
+    "dummy",
+    "not-a-secret",
+    "xxxx",
+)
+SENSITIVE_KEY = re.compile(
+    r"PASSWORD|PASSWD|SECRET|TOKEN|_KEY|KEY_|PRIVATE|CREDENTIAL|DSN|DATABASE_URL", re.I
+)
+KNOWN_SECRET_FORMATS = (
+    re.compile(r"AKIA[0-9A-Z]{16}"),  # AWS access key id
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}"),  # GitHub tokens
+    re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"),  # Slack tokens
+    re.compile(r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\."),  # JWT
+)
+_BASE64ISH = re.compile(r"[A-Za-z0-9+/=_-]{24,}")
+_URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^:/@\s]*:([^@\s]*)@", re.I)
+
+
+def shannon_entropy(text: str) -> float:
+    """Bits per character."""
+    if not text:
+        return 0.0
+    counts = {c: text.count(c) for c in set(text)}
+    return -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
+
+
+def is_placeholder(value: str) -> bool:
+    """Does the value say plainly that it is not a real credential?"""
+    lowered = value.lower()
+    return any(word in lowered for word in PLACEHOLDER_WORDS)
+
+
+def secret_value_problems(key: str, value: str) -> list[str]:
+    """Why `value` under `key` looks like a real credential (empty if it does not)."""
+    problems: list[str] = []
+    for pattern in KNOWN_SECRET_FORMATS:
+        if pattern.search(value):
+            problems.append(f"{key}: matches the format of a real credential")
+    url = _URL_PASSWORD.match(value)
+    if url and not is_placeholder(url.group(1)):
+        problems.append(f"{key}: URL carries a password that is not a placeholder")
+    if is_placeholder(value):
+        return problems
+    if SENSITIVE_KEY.search(key):
+        problems.append(f"{key}: sensitive key whose value is not a marked placeholder")
+    for run in _BASE64ISH.findall(value):
+        if shannon_entropy(run) >= 3.5:
+            problems.append(f"{key}: high-entropy string of {len(run)} characters")
+            break
+    return problems
+
+
+def check_secret_placeholders(objs: Iterable[Obj]) -> list[str]:
+    """Secrets in git are templates: every value is a marked placeholder or plainly harmless
+    (an endpoint URL, a region, a user name), never something that looks like a credential."""
+    problems: list[str] = []
+    for secret in of_kind(objs, "Secret", ""):
+        values: dict[str, str] = {}
+        for key, raw in (secret.get("data") or {}).items():
+            try:
+                values[key] = base64.b64decode(str(raw), validate=True).decode("utf-8", "replace")
+            except (binascii.Error, ValueError):
+                problems.append(f"{describe(secret)}: data.{key} is not valid base64")
+        for key, raw in (secret.get("stringData") or {}).items():
+            values[key] = str(raw)
+        if not values:
+            problems.append(f"{describe(secret)}: has no values")
+        problems.extend(
+            f"{describe(secret)}: {p}"
+            for k, v in values.items()
+            for p in secret_value_problems(k, v)
+        )
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+
+_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def images(objs: Iterable[Obj]) -> list[tuple[str, str]]:
+    """(where, image reference) for every container image and CNPG imageName in the render."""
+    found: list[tuple[str, str]] = []
+    for obj in objs:
+        for path, pod in _pod_specs(obj):
+            for container in _containers(pod):
+                found.append(
+                    (
+                        f"{describe(obj)}: {path} container {container.get('name')}",
+                        str(container.get("image", "")),
+                    )
+                )
+        if obj.get("kind") == "Cluster" and group_of(obj) == CNPG:
+            found.append(
+                (
+                    f"{describe(obj)}: spec.imageName",
+                    str((obj.get("spec") or {}).get("imageName", "")),
+                )
+            )
+    return found
+
+
+def check_images(objs: Iterable[Obj], require_digest: bool) -> list[str]:
+    """No untagged or :latest image; with require_digest, every image pinned by sha256 digest."""
+    problems: list[str] = []
+    for where, image in images(objs):
+        name = image.split("@", 1)[0]
+        last = name.rsplit("/", 1)[-1]
+        tag = last.split(":", 1)[1] if ":" in last else None
+        has_digest = "@" in image
+        if has_digest and not _DIGEST.search(image):
+            problems.append(f"{where}: image {image!r} has a malformed digest")
+        if not image:
+            problems.append(f"{where}: no image")
+        elif tag == "latest":
+            problems.append(f"{where}: image {image!r} uses :latest")
+        elif tag is None and not has_digest:
+            problems.append(f"{where}: image {image!r} has neither tag nor digest")
+        if require_digest and not _DIGEST.search(image):
+            problems.append(f"{where}: image {image!r} is not pinned by sha256 digest")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Pod hardening
+# --------------------------------------------------------------------------------------------
+
+
+def check_pod_security(objs: Iterable[Obj]) -> list[str]:
+    """Every container runs as non-root on a read-only root filesystem, without privilege
+    escalation, with all capabilities dropped, and declares requests and a memory limit."""
+    problems: list[str] = []
+    for obj in objs:
+        for path, pod in _pod_specs(obj):
+            pod_sc = pod.get("securityContext") or {}
+            for container in _containers(pod):
+                where = f"{describe(obj)}: {path} container {container.get('name')}"
+                sc = container.get("securityContext") or {}
+                if not (sc.get("runAsNonRoot") or pod_sc.get("runAsNonRoot")):
+                    problems.append(f"{where}: runAsNonRoot is not true")
+                if sc.get("readOnlyRootFilesystem") is not True:
+                    problems.append(f"{where}: readOnlyRootFilesystem is not true")
+                if sc.get("allowPrivilegeEscalation") is not False:
+                    problems.append(f"{where}: allowPrivilegeEscalation is not false")
+                if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
+                    problems.append(f"{where}: capabilities.drop does not include ALL")
+                resources = container.get("resources") or {}
+                if not (resources.get("requests") or {}).get("cpu"):
+                    problems.append(f"{where}: no CPU request")
+                if not (resources.get("requests") or {}).get("memory"):
+                    problems.append(f"{where}: no memory request")
+                if not (resources.get("limits") or {}).get("memory"):
+                    problems.append(f"{where}: no memory limit")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Disruption budgets and the namespace quota
+# --------------------------------------------------------------------------------------------
+
+
+def _pod_labels(obj: Mapping[str, Any]) -> dict[str, str] | None:
+    """Labels the pods of a workload carry (None if `obj` makes no pods)."""
+    spec = obj.get("spec") or {}
+    template_labels = dict(((spec.get("template") or {}).get("metadata") or {}).get("labels") or {})
+    if obj.get("kind") == "Service" and group_of(obj) == SERVING:
+        # Knative labels every revision pod with serving.knative.dev/service=<name>.
+        template_labels[f"{SERVING}/service"] = str((obj.get("metadata") or {}).get("name"))
+        return template_labels
+    if obj.get("kind") in ("StatefulSet", "Deployment", "DaemonSet", "ReplicaSet", "Job"):
+        return template_labels
+    return None
+
+
+def _min_scale(ksvc: Mapping[str, Any]) -> int:
+    annotations = (((ksvc.get("spec") or {}).get("template") or {}).get("metadata") or {}).get(
+        "annotations"
+    ) or {}
+    for key in (f"{AUTOSCALING}/min-scale", f"{AUTOSCALING}/minScale"):
+        if key in annotations:
+            return _int32(str(annotations[key])) or 0
+    return 0
+
+
+def check_disruption_budgets(objs: list[Obj]) -> list[str]:
+    """Each PodDisruptionBudget selects the pods of some workload in the render; one guarding a
+    Knative Service leaves room for a drain (min-scale above minAvailable)."""
+    problems: list[str] = []
+    for pdb in of_kind(objs, "PodDisruptionBudget", "policy"):
+        spec = pdb.get("spec") or {}
+        selector = (spec.get("selector") or {}).get("matchLabels") or {}
+        if not selector:
+            problems.append(f"{describe(pdb)}: spec.selector.matchLabels is empty")
+            continue
+        matched = [
+            o
+            for o in objs
+            if _namespace(o) == _namespace(pdb)
+            and (labels := _pod_labels(o)) is not None
+            and all(labels.get(k) == v for k, v in selector.items())
+        ]
+        if not matched:
+            problems.append(f"{describe(pdb)}: selector {selector} matches no pods in the render")
+        min_available = spec.get("minAvailable")
+        for workload in matched:
+            if workload.get("kind") == "Service" and isinstance(min_available, int):
+                floor = _min_scale(workload)
+                if floor <= min_available:
+                    problems.append(
+                        f"{describe(pdb)}: minAvailable={min_available} but {describe(workload)} "
+                        f"min-scale={floor}: a node drain could never evict its pods"
+                    )
+    return problems
+
+
+_QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
+_SUFFIX = {
+    "": 1.0,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 2.0**10,
+    "Mi": 2.0**20,
+    "Gi": 2.0**30,
+    "Ti": 2.0**40,
+}
+
+
+def quantity(value: Any) -> float:
+    """A Kubernetes resource quantity ("250m", "4Gi", 2) as a plain number."""
+    match = _QUANTITY.match(str(value))
+    if not match or match.group(2) not in _SUFFIX:
+        raise ValueError(f"not a quantity: {value!r}")
+    return float(match.group(1)) * _SUFFIX[match.group(2)]
+
+
+QUEUE_PROXY_CPU_REQUEST = "25m"  # config-deployment queue-sidecar-cpu-request default
+
+
+@dataclass
+class Usage:
+    """Resource totals: what the render may ask of a namespace at most."""
+
+    cpu_requests: float = 0.0
+    memory_requests: float = 0.0
+    memory_limits: float = 0.0
+    pods: int = 0
+    unbounded: list[str] = field(default_factory=list)
+
+    def add(self, per_pod: Usage, replicas: int) -> None:
+        self.cpu_requests += per_pod.cpu_requests * replicas
+        self.memory_requests += per_pod.memory_requests * replicas
+        self.memory_limits += per_pod.memory_limits * replicas
+        self.pods += replicas
+
+
+def _container_usage(
+    resources: Mapping[str, Any], defaults: Mapping[str, Mapping[str, Any]]
+) -> Usage:
+    requests = {**(defaults.get("defaultRequest") or {}), **(resources.get("requests") or {})}
+    limits = {**(defaults.get("default") or {}), **(resources.get("limits") or {})}
+    # Kubernetes defaults a missing request to the limit.
+    cpu = requests.get("cpu", limits.get("cpu", 0))
+    memory = requests.get("memory", limits.get("memory", 0))
+    return Usage(quantity(cpu), quantity(memory), quantity(limits.get("memory", 0)), 1)
+
+
+def maximum_usage(objs: list[Obj]) -> Usage:
+    """Totals with every Knative Service at its max-scale (plus a queue-proxy per pod), every
+    StatefulSet and CNPG Cluster at its size and every Job running once; LimitRange defaults
+    fill in containers that declare nothing."""
+    defaults: dict[str, Any] = {}
+    for limit_range in of_kind(objs, "LimitRange", ""):
+        for item in (limit_range.get("spec") or {}).get("limits") or []:
+            if item.get("type") == "Container":
+                defaults = item
+    total = Usage()
+    for obj in objs:
+        pod_usage = Usage()
+        replicas = 0
+        if obj.get("kind") == "Cluster" and group_of(obj) == CNPG:
+            spec = obj.get("spec") or {}
+            pod_usage = _container_usage(spec.get("resources") or {}, defaults)
+            total.add(pod_usage, int(spec.get("instances", 1)))
+            continue
+        for _path, pod in _pod_specs(obj):
+            per_pod = Usage()
+            for container in pod.get("containers") or []:
+                one = _container_usage(container.get("resources") or {}, defaults)
+                per_pod.cpu_requests += one.cpu_requests
+                per_pod.memory_requests += one.memory_requests
+                per_pod.memory_limits += one.memory_limits
+            pod_usage = per_pod
+        if obj.get("kind") == "Service" and group_of(obj) == SERVING:
+            sidecar = _container_usage({"requests": {"cpu": QUEUE_PROXY_CPU_REQUEST}}, defaults)
+            pod_usage.cpu_requests += sidecar.cpu_requests
+            pod_usage.memory_requests += sidecar.memory_requests
+            pod_usage.memory_limits += sidecar.memory_limits
+            annotations = (
+                ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
+            ).get("annotations") or {}
+            raw = annotations.get(
+                f"{AUTOSCALING}/max-scale", annotations.get(f"{AUTOSCALING}/maxScale")
+            )
+            replicas = (_int32(str(raw)) or 0) if raw is not None else 0
+            if replicas == 0:
+                total.unbounded.append(describe(obj))
+        elif obj.get("kind") in ("StatefulSet", "Deployment", "ReplicaSet"):
+            replicas = int((obj.get("spec") or {}).get("replicas", 1))
+        elif obj.get("kind") == "Job":
+            replicas = int((obj.get("spec") or {}).get("parallelism", 1))
+        else:
+            continue
+        total.add(pod_usage, replicas)
+    return total
+
+
+def check_quota(objs: list[Obj]) -> list[str]:
+    """Where a ResourceQuota exists, the render at full scale fits inside it, and every Knative
+    Service has a max-scale (an unbounded Service would make the quota a guess)."""
+    problems: list[str] = []
+    usage = maximum_usage(objs)
+    for quota in of_kind(objs, "ResourceQuota", ""):
+        hard = (quota.get("spec") or {}).get("hard") or {}
+        for service in usage.unbounded:
+            problems.append(f"{describe(quota)}: {service} has no max-scale")
+        for key, used in (
+            ("requests.cpu", usage.cpu_requests),
+            ("requests.memory", usage.memory_requests),
+            ("limits.memory", usage.memory_limits),
+            ("pods", float(usage.pods)),
+        ):
+            if key in hard and used > quantity(hard[key]):
+                problems.append(
+                    f"{describe(quota)}: spec.hard.{key}={hard[key]} is below the {used:g} "
+                    "the render needs at full scale"
+                )
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Required objects
+# --------------------------------------------------------------------------------------------
+
+
+def check_required(objs: list[Obj], required: Iterable[tuple[str, str, str]]) -> list[str]:
+    """Each (kind, API group, name) is in the render."""
+    return [
+        f"missing {kind}{'.' + group if group else ''} {name}"
+        for kind, group, name in required
+        if find(objs, kind, name, group) is None
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Dockerfile
+# --------------------------------------------------------------------------------------------
+
+
+_REQUIREMENT_PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[^\]]*\])?==[^=\s]+")
+
+
+def check_function_build_inputs(functions_dir: Path, names: Iterable[str]) -> list[str]:
+    """What functions/Dockerfile copies for each function exists: main.py and a
+    requirements.txt whose every package is pinned with == (factor 2: explicit, pinned
+    dependencies; local paths such as ../kit and pip options are allowed as they are)."""
+    problems: list[str] = []
+    for name in names:
+        folder = functions_dir / name
+        if not (folder / "main.py").is_file():
+            problems.append(f"{folder}/main.py: missing")
+        requirements = folder / "requirements.txt"
+        if not requirements.is_file():
+            problems.append(f"{requirements}: missing (the image build installs it)")
+            continue
+        for number, raw in enumerate(requirements.read_text().splitlines(), start=1):
+            line = raw.split("#", 1)[0].strip()
+            if not line or line.startswith(("-", ".", "/")):
+                continue
+            if not _REQUIREMENT_PIN.match(line):
+                problems.append(f"{requirements}:{number}: {line!r} is not pinned with ==")
+    return problems
+
+
+def check_hadolint(hadolint: Path, dockerfile: Path) -> list[str]:
+    """hadolint's findings, one problem per line."""
+    proc = subprocess.run(
+        [str(hadolint), "--no-color", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    if proc.returncode != 0 and not lines:
+        lines = [f"hadolint exited {proc.returncode}"]
+    return lines if proc.returncode != 0 or lines else []
+
+
+def check_dockerfile_contract(text: str, where: str = "functions/Dockerfile") -> list[str]:
+    """The image contract the manifests rely on: one Dockerfile parameterised by FUNCTION,
+    multi-stage, a pinned slim Python 3.11, non-root numeric user, the function in
+    /app/function, migrations in /app/migrations, plain functions-framework as the command."""
+    problems: list[str] = []
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    args = {
+        m.group(1): m.group(2) for line in lines if (m := re.match(r"ARG\s+(\w+)(?:=(\S+))?", line))
+    }
+    froms = [line for line in lines if line.upper().startswith("FROM ")]
+    if "FUNCTION" not in args:
+        problems.append(f"{where}: no ARG FUNCTION")
+    if len(froms) < 2:
+        problems.append(f"{where}: not multi-stage ({len(froms)} FROM)")
+    bases = {
+        args.get(m.group(1), m.group(0))
+        if (m := re.fullmatch(r"\$\{?(\w+)\}?", f.split()[1]))
+        else f.split()[1]
+        for f in froms
+    }
+    for base in bases - {"builder"}:
+        if not re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?", base):
+            problems.append(f"{where}: base image {base!r} is not a pinned python:3.11.x-slim")
+    users = [line.split(None, 1)[1] for line in lines if line.upper().startswith("USER ")]
+    if not users or not re.fullmatch(r"[1-9]\d*(:\d+)?", users[-1]):
+        problems.append(
+            f"{where}: final USER is not a numeric non-root user ({users[-1:] or 'none'})"
+        )
+    workdirs = [line.split(None, 1)[1] for line in lines if line.upper().startswith("WORKDIR ")]
+    if not workdirs or workdirs[-1] != "/app/function":
+        problems.append(f"{where}: final WORKDIR is not /app/function")
+    if not any(
+        re.match(r"COPY\s+postgres/migrations/?\s+/app/migrations/?$", line) for line in lines
+    ):
+        problems.append(f"{where}: postgres/migrations is not copied to /app/migrations")
+    cmds = [line for line in lines if line.upper().startswith("CMD ")]
+    if not cmds or cmds[-1] != 'CMD ["functions-framework"]':
+        problems.append(f'{where}: CMD is not ["functions-framework"]')
+    if not re.search(r"PYTHONUNBUFFERED=1", text):
+        problems.append(f"{where}: PYTHONUNBUFFERED=1 is not set")
+    return problems
