@@ -48,11 +48,18 @@ def handle_errors(fn: F) -> F:
     show_default=True,
     help="The repository to run (holds knative/, functions/, postgres/); state goes to .knfn/.",
 )
+@click.option(
+    "--state-dir",
+    envvar="KNFN_STATE_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where knfn keeps its data, logs and generated secrets [default: <project>/.knfn].",
+)
 @click.pass_context
 @handle_errors
-def main(ctx: click.Context, project_dir: Path) -> None:
+def main(ctx: click.Context, project_dir: Path, state_dir: Path | None) -> None:
     """knfn: the Knative function platform on one machine."""
-    ctx.obj = Settings.load(project_dir, os.environ)
+    ctx.obj = Settings.load(project_dir, state_dir, os.environ)
 
 
 pass_settings = click.make_pass_decorator(Settings)

@@ -1,8 +1,18 @@
-"""Loopback ports: is one free, and find one that is."""
+"""Loopback ports: is one free, and find one that is.
+
+Ports handed out here are taken *below* the kernel's ephemeral range: a port chosen now and bound
+a moment later by a child could otherwise be grabbed in between as the source port of some
+outgoing connection (SeaweedFS, for one, connects between its components while it starts).
+"""
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
+
+_FLOOR = 20000
+_handed_out: set[int] = set()
 
 
 def is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -16,14 +26,23 @@ def is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def _ephemeral_start() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(low, _FLOOR + 1000)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel says is free right now."""
+    """A free port outside the ephemeral range, not handed out before by this process."""
+    ceiling = _ephemeral_start()
+    for _ in range(200):
+        port = random.randrange(_FLOOR, ceiling)
+        if port not in _handed_out and is_free(port, host):
+            _handed_out.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def pick_port(preferred: int, host: str = "127.0.0.1") -> int:
-    """The preferred port when free, else any free one (the caller reports which)."""
-    return preferred if is_free(preferred, host) else free_port(host)
+        chosen: int = sock.getsockname()[1]
+    return chosen

@@ -14,11 +14,8 @@ class Settings:
     """Everything a knfn command needs to know about where it runs."""
 
     project_dir: Path
+    state_dir: Path
     backing: BackingConfig
-
-    @property
-    def state_dir(self) -> Path:
-        return self.project_dir / ".knfn"
 
     @property
     def migrations_dir(self) -> Path:
@@ -33,6 +30,7 @@ class Settings:
         return self.project_dir / "knative" / "base"
 
     @classmethod
-    def load(cls, project_dir: Path, env: Mapping[str, str]) -> Settings:
+    def load(cls, project_dir: Path, state_dir: Path | None, env: Mapping[str, str]) -> Settings:
         project = project_dir.resolve()
-        return cls(project, BackingConfig.from_env(project / ".knfn", env))
+        state = (state_dir or project / ".knfn").resolve()
+        return cls(project, state, BackingConfig.from_env(state, env))
