@@ -9,7 +9,7 @@ CloudEvents AWS S3 adapter says (cloudevents/spec, adapters/aws-s3.md):
 |---|---|
 | id | responseElements x-amz-request-id + "." + x-amz-id-2 |
 | source | eventSource + "." + awsRegion + "." + s3.bucket.name |
-| type | "com.amazonaws.s3." + eventName (MinIO's, e.g. `s3:ObjectCreated:Put`) |
+| type | "com.amazonaws.s3." + eventName without MinIO's `s3:` prefix (`ObjectCreated:Put`) |
 | subject | s3.object.key, URL-decoded |
 | time | eventTime |
 | data | the record, as JSON |
@@ -88,7 +88,9 @@ def to_cloudevent(record: Any) -> CloudEvent:
     return binding.new_event(
         id=f"{request_id}.{id_2}",
         source=source,
-        type=TYPE_PREFIX + _text(record, "eventName"),
+        # MinIO writes "s3:ObjectCreated:Put" where AWS writes "ObjectCreated:Put"; dropping the
+        # prefix gives the adapter's AWS types, so one Trigger filter fits both sources.
+        type=TYPE_PREFIX + _text(record, "eventName").removeprefix("s3:"),
         subject=urllib.parse.unquote_plus(_text(record, "s3", "object", "key")),
         time=_text(record, "eventTime"),
         data=record,

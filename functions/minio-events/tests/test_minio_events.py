@@ -88,7 +88,7 @@ def test_record_becomes_an_aws_s3_adapter_cloudevent(
         "17A2B3C4D5E6F.dd9025bab4ad464b049177c95eb6ebf374d3b3fd1af9251148b658df7ac2e3e8"
     )
     assert event["source"] == "minio:s3.us-east-1.uploads"
-    assert event["type"] == "com.amazonaws.s3.s3:ObjectCreated:Put"
+    assert event["type"] == "com.amazonaws.s3.ObjectCreated:Put"
     assert event["subject"] == "photos/my cat(1).png"
     assert event["time"] == "2024-05-01T12:00:00.000Z"
     assert event["specversion"] == "1.0"
