@@ -12,7 +12,7 @@ import pytest
 from cloudevents.http import CloudEvent
 from flask.testing import FlaskClient
 from kit import binding, config, shutdown
-from kit.testing import LoadedFunction, closed_port, function_source, load_function
+from kit.testing import FunctionLoader, LoadedFunction, closed_port, function_source
 from psycopg.rows import dict_row
 from werkzeug.test import TestResponse
 
@@ -77,15 +77,10 @@ def marks(database_url: str, source: str, id: str) -> int:
 
 
 @pytest.fixture
-def start(function_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setenv("FUNCTION_TARGET", "catalog")
-
-    def make(**env: str) -> LoadedFunction:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        return load_function(SOURCE, "catalog")
-
-    yield make
+def start(
+    function_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FunctionLoader]:
+    yield FunctionLoader(monkeypatch, SOURCE, "catalog")
     shutdown.close_all()
 
 

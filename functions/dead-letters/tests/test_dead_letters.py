@@ -12,7 +12,7 @@ import pytest
 from cloudevents.http import CloudEvent
 from flask.testing import FlaskClient
 from kit import binding, config, shutdown
-from kit.testing import LoadedFunction, function_source, load_function
+from kit.testing import FunctionLoader, LoadedFunction, function_source
 from psycopg.rows import dict_row
 
 SOURCE = function_source(__file__)
@@ -49,15 +49,10 @@ def source() -> str:
 
 
 @pytest.fixture
-def start(function_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setenv("FUNCTION_TARGET", "dead_letters")
-
-    def make(**env: str) -> LoadedFunction:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        return load_function(SOURCE, "dead_letters")
-
-    yield make
+def start(
+    function_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FunctionLoader]:
+    yield FunctionLoader(monkeypatch, SOURCE, "dead_letters")
     shutdown.close_all()
 
 

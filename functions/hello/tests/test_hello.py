@@ -8,23 +8,14 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from kit import config
-from kit.testing import LoadedFunction, function_source, load_function
+from kit.testing import FunctionLoader, LoadedFunction, function_source
 
 SOURCE = function_source(__file__)
 
 
 @pytest.fixture
-def start(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setenv("FUNCTION_TARGET", "hello")
-    monkeypatch.setenv("K_SERVICE", "hello")
-    monkeypatch.setenv("K_REVISION", "hello-00003")
-
-    def make(**env: str) -> LoadedFunction:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        return load_function(SOURCE, "hello")
-
-    yield make
+def start(monkeypatch: pytest.MonkeyPatch) -> Iterator[FunctionLoader]:
+    yield FunctionLoader(monkeypatch, SOURCE, "hello", K_SERVICE="hello", K_REVISION="hello-00003")
 
 
 @pytest.fixture

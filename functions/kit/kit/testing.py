@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import flask
 import functions_framework
@@ -153,3 +153,26 @@ def load_function(source: Path, target: str) -> LoadedFunction:
             else:
                 os.environ[name] = value
     return LoadedFunction(app=app, module=sys.modules[source.stem])
+
+
+class _SetEnv(Protocol):
+    def setenv(self, name: str, value: str) -> None: ...
+
+
+class FunctionLoader:
+    """Loads one function afresh per call, with extra env set through pytest's monkeypatch.
+
+    Use it as a fixture: ``yield FunctionLoader(monkeypatch, SOURCE, "catalog")``, then in a
+    test ``start(INGEST_MAX_BYTES="10").client()``.
+    """
+
+    def __init__(self, monkeypatch: _SetEnv, source: Path, target: str, **env: str) -> None:
+        self._monkeypatch, self._source, self._target = monkeypatch, source, target
+        monkeypatch.setenv("FUNCTION_TARGET", target)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+
+    def __call__(self, **env: str) -> LoadedFunction:
+        for name, value in env.items():
+            self._monkeypatch.setenv(name, value)
+        return load_function(self._source, self._target)

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from kit import config, shutdown
-from kit.testing import LoadedFunction, RecordingSink, closed_port, function_source, load_function
+from kit.testing import (
+    FunctionLoader,
+    LoadedFunction,
+    RecordingSink,
+    closed_port,
+    function_source,
+)
 
 SOURCE = function_source(__file__)
 TOKEN = "s3cr3t-token"
@@ -54,17 +60,10 @@ def sink() -> Iterator[RecordingSink]:
 
 
 @pytest.fixture
-def start(sink: RecordingSink, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setenv("FUNCTION_TARGET", "minio_events")
-    monkeypatch.setenv("K_SINK", sink.url)
-    monkeypatch.setenv("MINIO_WEBHOOK_TOKEN", TOKEN)
-
-    def make(**env: str) -> LoadedFunction:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        return load_function(SOURCE, "minio_events")
-
-    yield make
+def start(sink: RecordingSink, monkeypatch: pytest.MonkeyPatch) -> Iterator[FunctionLoader]:
+    yield FunctionLoader(
+        monkeypatch, SOURCE, "minio_events", K_SINK=sink.url, MINIO_WEBHOOK_TOKEN=TOKEN
+    )
     shutdown.close_all()
 
 

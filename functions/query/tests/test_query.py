@@ -13,7 +13,7 @@ import pytest
 import requests
 from flask.testing import FlaskClient
 from kit import config, shutdown
-from kit.testing import LoadedFunction, function_source, load_function
+from kit.testing import FunctionLoader, LoadedFunction, function_source
 
 SOURCE = function_source(__file__)
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
@@ -51,15 +51,10 @@ def add_object(
 
 
 @pytest.fixture
-def start(function_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setenv("FUNCTION_TARGET", "query")
-
-    def make(**env: str) -> LoadedFunction:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        return load_function(SOURCE, "query")
-
-    yield make
+def start(
+    function_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FunctionLoader]:
+    yield FunctionLoader(monkeypatch, SOURCE, "query")
     shutdown.close_all()
 
 
