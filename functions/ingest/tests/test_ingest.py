@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from kit import config, shutdown
-from kit.testing import RecordingSink, closed_port, function_source, load_function
+from kit.testing import FunctionLoader, RecordingSink, closed_port, function_source, load_function
 from PIL import Image
 
 SOURCE = function_source(__file__)
@@ -32,23 +32,15 @@ def sink() -> Iterator[RecordingSink]:
 @pytest.fixture
 def start(
     function_env: dict[str, str], sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Any]:
-    """Load ingest with the test's env (plus overrides) and return a test client."""
-    monkeypatch.setenv("K_SINK", sink.url)
-    monkeypatch.setenv("FUNCTION_TARGET", "ingest")
-
-    def make(**env: str) -> FlaskClient:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        return load_function(SOURCE, "ingest").client()
-
-    yield make
+) -> Iterator[FunctionLoader]:
+    """Loads ingest with the test's env, plus overrides per call."""
+    yield FunctionLoader(monkeypatch, SOURCE, "ingest", K_SINK=sink.url)
     shutdown.close_all()
 
 
 @pytest.fixture
 def client(start: Any) -> FlaskClient:
-    made: FlaskClient = start()
+    made: FlaskClient = start().client()
     return made
 
 
@@ -135,7 +127,7 @@ def test_missing_content_type_is_415(client: FlaskClient) -> None:
 
 def test_oversize_declared_body_is_413(start: Any, sink: RecordingSink) -> None:
     """A Content-Length above INGEST_MAX_BYTES is refused with 413 naming the limit."""
-    client = start(INGEST_MAX_BYTES="100")
+    client = start(INGEST_MAX_BYTES="100").client()
     answer = client.post("/", data=b"x" * 101, headers={"Content-Type": "text/plain"})
     assert answer.status_code == 413
     assert answer.get_json()["limit"] == 100
@@ -145,7 +137,7 @@ def test_oversize_declared_body_is_413(start: Any, sink: RecordingSink) -> None:
 
 def test_oversize_chunked_body_is_413(start: Any) -> None:
     """A body without Content-Length is counted as it is read and refused past the limit."""
-    client = start(INGEST_MAX_BYTES="100")
+    client = start(INGEST_MAX_BYTES="100").client()
     answer = client.post(
         "/",
         input_stream=io.BytesIO(b"x" * 5000),
@@ -157,7 +149,7 @@ def test_oversize_chunked_body_is_413(start: Any) -> None:
 
 def test_oversize_multipart_file_is_413(start: Any) -> None:
     """In a form, the file itself is held to the limit, not just the whole request."""
-    client = start(INGEST_MAX_BYTES="100")
+    client = start(INGEST_MAX_BYTES="100").client()
     answer = client.post(
         "/",
         data={"file": (io.BytesIO(b"x" * 101), "a.txt", "text/plain")},
@@ -169,7 +161,7 @@ def test_oversize_multipart_file_is_413(start: Any) -> None:
 
 def test_oversize_multipart_request_is_413_before_parsing(start: Any) -> None:
     """A form whose declared size is far past the limit is refused naming the file limit."""
-    client = start(INGEST_MAX_BYTES="100")
+    client = start(INGEST_MAX_BYTES="100").client()
     answer = client.post(
         "/",
         data={"file": (io.BytesIO(b"x" * 100_000), "a.txt", "text/plain")},
@@ -197,7 +189,7 @@ def test_get_is_405(client: FlaskClient) -> None:
 
 def test_s3_down_is_503_and_nothing_is_announced(start: Any, sink: RecordingSink) -> None:
     """With S3 unreachable the answer is 503 within seconds and no event is emitted."""
-    client = start(S3_ENDPOINT_URL=f"http://127.0.0.1:{closed_port()}")
+    client = start(S3_ENDPOINT_URL=f"http://127.0.0.1:{closed_port()}").client()
     started = time.monotonic()
     answer = client.post("/", data=b"abc", headers={"Content-Type": "text/plain"})
     assert time.monotonic() - started < 5
@@ -210,7 +202,7 @@ def test_sink_unreachable_is_502_but_the_object_is_stored(
     start: Any, s3_client: Any, bucket: str
 ) -> None:
     """If K_SINK never answers, 502 says the object was stored and where."""
-    client = start(K_SINK=f"http://127.0.0.1:{closed_port()}/", EMIT_RETRIES="1")
+    client = start(K_SINK=f"http://127.0.0.1:{closed_port()}/", EMIT_RETRIES="1").client()
     body = b"stored anyway"
     answer = client.post("/", data=body, headers={"Content-Type": "text/plain"})
     assert answer.status_code == 502

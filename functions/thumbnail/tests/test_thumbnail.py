@@ -10,7 +10,7 @@ import pytest
 from cloudevents.http import CloudEvent
 from flask.testing import FlaskClient
 from kit import binding, config, shutdown
-from kit.testing import closed_port, function_source, load_function
+from kit.testing import FunctionLoader, closed_port, function_source, load_function
 from PIL import Image
 from werkzeug.test import TestResponse
 
@@ -40,21 +40,16 @@ def deliver(client: FlaskClient, event: CloudEvent) -> TestResponse:
 
 
 @pytest.fixture
-def start(function_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setenv("FUNCTION_TARGET", "thumbnail")
-
-    def make(**env: str) -> FlaskClient:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        return load_function(SOURCE, "thumbnail").client()
-
-    yield make
+def start(
+    function_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FunctionLoader]:
+    yield FunctionLoader(monkeypatch, SOURCE, "thumbnail")
     shutdown.close_all()
 
 
 @pytest.fixture
 def client(start: Any) -> FlaskClient:
-    made: FlaskClient = start()
+    made: FlaskClient = start().client()
     return made
 
 
@@ -85,7 +80,7 @@ def test_image_gets_a_thumbnail_and_a_reply_event(
 
 def test_jpeg_in_a_folder_keeps_the_folder(start: Any, s3_client: Any, bucket: str) -> None:
     """photos/cat.jpg -> thumbnails/photos/cat.png, sized by THUMBNAIL_SIZE."""
-    client = start(THUMBNAIL_SIZE="32")
+    client = start(THUMBNAIL_SIZE="32").client()
     s3_client.put_object(Bucket=bucket, Key="photos/cat.jpg", Body=image_bytes((64, 64), "JPEG"))
     answer = deliver(client, stored_event(bucket, "photos/cat.jpg", "image/jpeg"))
     assert answer.status_code == 200
@@ -181,7 +176,7 @@ def test_malformed_cloudevent_is_400(client: FlaskClient) -> None:
 
 def test_s3_down_is_503(start: Any, bucket: str) -> None:
     """With S3 unreachable the delivery fails with 503, which a broker retries."""
-    client = start(S3_ENDPOINT_URL=f"http://127.0.0.1:{closed_port()}")
+    client = start(S3_ENDPOINT_URL=f"http://127.0.0.1:{closed_port()}").client()
     answer = deliver(client, stored_event(bucket, "x.png", "image/png"))
     assert answer.status_code == 503
 
