@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from knfn.routing import Target, parse_host
+from knfn.routing import parse_host
 
 # RFC 9110 7.6.1: connection-specific headers are not forwarded.
 HOP_BY_HOP = frozenset(
@@ -86,10 +86,10 @@ class Gateway:
         backend = route.pick()
         if backend is None:
             return _error(503, f"{route.service}.{route.namespace} has no ready replica")
-        return await self._forward(request, route, backend, target)
+        return await self._forward(request, route, backend)
 
     async def _forward(
-        self, request: web.Request, route: Route, backend: str, target: Target | None
+        self, request: web.Request, route: Route, backend: str
     ) -> web.StreamResponse:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -100,6 +100,7 @@ class Gateway:
         headers["X-Forwarded-Host"] = request.host
         headers["Host"] = request.host
         body = request.content if request.body_exists else None
+        response: web.StreamResponse | None = None
         try:
             async with asyncio.timeout(route.timeout_seconds):
                 async with self._session.request(
@@ -120,9 +121,16 @@ class Gateway:
                         await response.write(chunk)
                     await response.write_eof()
                     return response
-        except TimeoutError:
-            return _error(504, f"{route.service} did not answer within {route.timeout_seconds:g}s")
-        except (aiohttp.ClientError, ConnectionError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+            if response is not None and response.prepared:
+                # The status line is gone already: all that is left is to cut the response off.
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            if isinstance(exc, TimeoutError):
+                return _error(
+                    504, f"{route.service} did not answer within {route.timeout_seconds:g}s"
+                )
             return _error(502, f"{route.service} failed: {exc.__class__.__name__}: {exc}")
 
 

@@ -54,10 +54,6 @@ class Replica:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.spec.port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
             *self.spec.argv,

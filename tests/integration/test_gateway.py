@@ -1,0 +1,117 @@
+"""The gateway in front of a real HTTP server on a loopback port: routing, errors, headers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import aiohttp
+from aiohttp import web
+
+from knfn.gateway import Gateway, Route
+from tests.support import free_port
+
+
+async def backend_handler(request: web.Request) -> web.Response:
+    """Echo what arrived; ?sleep=seconds delays the answer."""
+    await asyncio.sleep(float(request.query.get("sleep", "0")))
+    body = await request.read()
+    return web.json_response(
+        {
+            "host": request.headers.get("Host"),
+            "forwarded_for": request.headers.get("X-Forwarded-For"),
+            "forwarded_host": request.headers.get("X-Forwarded-Host"),
+            "connection": request.headers.get("Proxy-Connection"),
+            "length": len(body),
+            "path": request.path_qs,
+        }
+    )
+
+
+@asynccontextmanager
+async def serving(app: web.Application, port: int) -> AsyncIterator[None]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+def run(test: Callable[[str, dict[tuple[str, str], Route]], Awaitable[None]]) -> None:
+    """Start a backend and a gateway routing echo.default to it, then run the test body."""
+
+    async def main() -> None:
+        backend_app = web.Application(client_max_size=0)
+        backend_app.router.add_route("*", "/{tail:.*}", backend_handler)
+        backend_port, gateway_port = free_port(), free_port()
+        routes = {
+            ("default", "echo"): Route(
+                "default", "echo", 0.5, [f"http://127.0.0.1:{backend_port}"]
+            ),
+            ("default", "gone"): Route("default", "gone", 5, [f"http://127.0.0.1:{free_port()}"]),
+        }
+        async with (
+            serving(backend_app, backend_port),
+            serving(Gateway(lambda: routes).app, gateway_port),
+        ):
+            await test(f"http://127.0.0.1:{gateway_port}", routes)
+
+    asyncio.run(main())
+
+
+def test_host_routing_forwards_headers_and_streams_bodies() -> None:
+    """A Knative host reaches its Service with Host kept, X-Forwarded-* set, 5 MB intact."""
+
+    async def body(gw: str, _: dict[tuple[str, str], Route]) -> None:
+        async with aiohttp.ClientSession() as client:
+            headers = {"Host": "echo.default.localhost:8080", "Proxy-Connection": "keep-alive"}
+            async with client.post(gw + "/a?b=1", data=b"x" * 5_000_000, headers=headers) as r:
+                assert r.status == 200
+                got = await r.json()
+        assert got["host"] == "echo.default.localhost:8080"
+        assert got["forwarded_host"] == "echo.default.localhost:8080"
+        assert got["forwarded_for"] == "127.0.0.1"
+        assert got["connection"] is None  # hop-by-hop: not forwarded
+        assert (got["length"], got["path"]) == (5_000_000, "/a?b=1")
+
+    run(body)
+
+
+def test_absolute_form_request_is_routed_by_its_url() -> None:
+    """A proxy-style request for the in-cluster URL reaches the Service."""
+
+    async def body(gw: str, _: dict[tuple[str, str], Route]) -> None:
+        async with aiohttp.ClientSession() as client:
+            url = "http://echo.default.svc.cluster.local/x"
+            async with client.get(url, proxy=gw) as r:
+                assert r.status == 200
+                assert (await r.json())["path"] == "/x"
+
+    run(body)
+
+
+def test_errors_are_json_with_knative_statuses() -> None:
+    """Unknown host 404 listing Services; slow answer 504; dead backend 502; no replica 503."""
+
+    async def body(gw: str, routes: dict[tuple[str, str], Route]) -> None:
+        async with aiohttp.ClientSession() as client:
+
+            async def get(host: str, path: str = "/") -> tuple[int, dict[str, object]]:
+                async with client.get(gw + path, headers={"Host": host}) as r:
+                    return r.status, json.loads(await r.text())
+
+            status, err = await get("nope.default")
+            assert status == 404 and err["services"] == ["echo.default", "gone.default"]
+            status, err = await get("echo.default", "/?sleep=2")
+            assert status == 504 and "0.5s" in str(err["error"])
+            status, err = await get("gone.default")
+            assert status == 502 and "gone failed" in str(err["error"])
+            routes[("default", "echo")].backends.clear()
+            status, err = await get("echo.default")
+            assert status == 503 and "no ready replica" in str(err["error"])
+
+    run(body)
