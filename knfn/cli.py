@@ -157,16 +157,38 @@ def admin_buckets(settings: Settings, names: tuple[str, ...]) -> None:
     show_default=True,
     help="Gateway port (env KNFN_PORT).",
 )
+@click.option(
+    "--admin-port",
+    envvar="KNFN_ADMIN_PORT",
+    type=int,
+    default=8081,
+    show_default=True,
+    help="Admin API port on 127.0.0.1: /status, /metrics, / (env KNFN_ADMIN_PORT).",
+)
+@click.option("--watch", is_flag=True, help="Make a new revision when code or manifests change.")
 @pass_settings
 @handle_errors
-def dev_command(settings: Settings, port: int) -> None:
+def dev_command(settings: Settings, port: int, admin_port: int, watch: bool) -> None:
     """Run the whole system: backing services, admin processes, every Service, the gateway."""
-    import asyncio
+    import uvloop
 
     from knfn import dev
     from knfn.logs import Printer
 
-    asyncio.run(dev.run(settings, dev.DevOptions(port=port, host_env=dict(os.environ)), Printer()))
+    options = dev.DevOptions(port, admin_port, watch, dict(os.environ))
+    uvloop.run(dev.run(settings, options, Printer()))
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON of /status.")
+@click.option("--admin-port", envvar="KNFN_ADMIN_PORT", type=int, default=8081, show_default=True)
+@handle_errors
+def status_command(as_json: bool, admin_port: int) -> None:
+    """Services and revisions of a running `knfn dev`: traffic, desired and ready replicas."""
+    from knfn import status
+
+    data = status.fetch(admin_port)
+    click.echo(json.dumps(data, indent=2) if as_json else status.table(data))
 
 
 @main.command("reset")

@@ -1,7 +1,8 @@
 """``knfn dev``: the whole system on one machine, up in order and down in reverse.
 
 Start-up: 1. backing services (or the external ones), 2. migrations and buckets (the admin
-processes), 3. one ready replica per Knative Service, 4. the gateway. Shutdown reverses it.
+processes), 3. Serving: a revision per Service and its initial replicas, 4. the gateway and the
+admin API, 5. the autoscaler loop (and, with --watch, the watcher). Shutdown reverses it.
 """
 
 from __future__ import annotations
@@ -16,21 +17,25 @@ from pathlib import Path
 
 from aiohttp import web
 
-from knfn import admin, manifests
+from knfn import admin, admin_api, autoscaling, manifests, watch
 from knfn.backing import services
-from knfn.gateway import Gateway, Route
+from knfn.errors import KnfnError
+from knfn.gateway import Gateway
+from knfn.kpa import Autoscaler
 from knfn.logs import Printer
-from knfn.ports import free_port
-from knfn.replica_env import SecretValues, resolve
+from knfn.replica_env import SecretValues
+from knfn.revisions import RevisionStore
+from knfn.serving import Caps, Context, Serving
 from knfn.settings import Settings
-from knfn.supervisor import Replica, ReplicaSpec
 
-READY_TIMEOUT = 60.0
+READY_TIMEOUT = 90.0
 
 
 @dataclass(frozen=True)
 class DevOptions:
     port: int
+    admin_port: int
+    watch: bool
     host_env: Mapping[str, str]
 
 
@@ -45,9 +50,22 @@ def configured_buckets(m: manifests.Manifests) -> list[str]:
     return sorted(names)
 
 
+def autoscaler_config(
+    m: manifests.Manifests, env: Mapping[str, str]
+) -> autoscaling.AutoscalerConfig:
+    """config-autoscaler from the manifests (as in the cluster), then the local-only overrides."""
+    data = m.config_maps.get(("knative-serving", "config-autoscaler"), {})
+    try:
+        cfg = autoscaling.AutoscalerConfig.from_configmap(data)
+        return autoscaling.with_local_overrides(cfg, env)
+    except autoscaling.AutoscalingError as exc:
+        raise KnfnError(f"ConfigMap knative-serving/config-autoscaler: {exc}") from exc
+
+
 async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
     """Bring everything up, serve until SIGINT/SIGTERM, then shut down in reverse."""
     m = manifests.load(settings.knative_dir, settings.functions_dir)
+    scaler_cfg = autoscaler_config(m, options.host_env)
     loop = asyncio.get_running_loop()
 
     # 1. Backing services (blocking calls: run them off the loop).
@@ -59,8 +77,9 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    replicas: list[Replica] = []
-    runner: web.AppRunner | None = None
+    serving: Serving | None = None
+    runners: list[web.AppRunner] = []
+    background: list[asyncio.Task[None]] = []
     try:
         # 2. Admin processes, as the cluster's Jobs would run them.
         applied = await loop.run_in_executor(None, admin.migrate, settings, backing)
@@ -68,60 +87,77 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         created = await loop.run_in_executor(None, admin.buckets, backing, configured_buckets(m))
         say.line("knfn", f"buckets created: {len(created)}")
 
-        # 3. One replica per Service, started together, each waited for.
-        proxy_url = f"http://127.0.0.1:{options.port}"
-        values = SecretValues(
-            backing.function_env(), options.host_env, settings.state_dir / "secrets.json"
+        # 3. Serving: a revision per Service, its initial replicas.
+        store = await loop.run_in_executor(
+            None, RevisionStore, backing.knfn_database_url, settings.state_dir / "revisions"
         )
-        routes: dict[tuple[str, str], Route] = {}
-        ff = str(Path(sys.executable).parent / "functions-framework")
-        for svc in m.services:
-            revision = f"{svc.name}-00001"
-            port = free_port()
-            env = resolve(
-                svc,
-                m,
-                values,
-                revision=revision,
-                port=port,
-                proxy_url=proxy_url,
-                host_env=options.host_env,
-            )
-            spec = ReplicaSpec(
-                svc.name,
-                revision,
-                1,
-                (ff,),
-                settings.functions_dir / svc.name,
-                env,
-                port,
-                svc.container.readiness_path,
-            )
-            replicas.append(Replica(spec, say))
-            routes[(svc.namespace, svc.name)] = Route(svc.namespace, svc.name, svc.timeout_seconds)
-        await asyncio.gather(*(r.start() for r in replicas))
-        await asyncio.gather(*(r.wait_ready(READY_TIMEOUT) for r in replicas))
-        for replica, svc in zip(replicas, m.services, strict=True):
-            routes[(svc.namespace, svc.name)].backends.append(replica.url)
+        ctx = Context(
+            printer=say,
+            store=store,
+            values=SecretValues(
+                backing.function_env(), options.host_env, settings.state_dir / "secrets.json"
+            ),
+            proxy_url=f"http://127.0.0.1:{options.port}",
+            host_env=options.host_env,
+            argv=(str(Path(sys.executable).parent / "functions-framework"),),
+            new_decider=lambda svc: Autoscaler(
+                autoscaling.resolve_revision_scaling(
+                    svc.annotations, svc.container_concurrency, scaler_cfg
+                )
+            ),
+            caps=Caps.for_machine(options.host_env),
+            functions_dir=settings.functions_dir,
+        )
+        serving = Serving(ctx, m)
+        await serving.apply(m)
 
-        # 4. The gateway.
-        runner = web.AppRunner(Gateway(lambda: routes).app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", options.port).start()
-        for svc in m.services:
+        # 4. The gateway and the admin API.
+        gateway = Gateway(serving.route, serving.known_hosts)
+        for app, port in (
+            (gateway.app, options.port),
+            (admin_api.build(serving.status), options.admin_port),
+        ):
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            runners.append(runner)
+
+        # 5. The autoscaler loop, and the watcher.
+        background.append(asyncio.create_task(serving.run(scaler_cfg.tick_interval, stop)))
+        if options.watch:
+            background.append(asyncio.create_task(watch.run(settings, serving, say, stop)))
+        await _wait_ready(serving, stop)
+        for state in serving.services.values():
+            svc = state.service
             say.line(
                 "knfn", f"{svc.name:<14} http://{svc.name}.{svc.namespace}.localhost:{options.port}"
             )
+        say.line("knfn", f"admin          http://127.0.0.1:{options.admin_port}/status")
         say.line("knfn", "ready; Ctrl-C stops everything")
         await stop.wait()
     finally:
         say.line("knfn", "shutting down")
+        stop.set()
         # 1. Stop taking requests.
-        if runner is not None:
+        for runner in runners:
             await runner.cleanup()
-        # 2. Replicas drain and stop (SIGTERM, grace, SIGKILL).
-        await asyncio.gather(*(r.stop(grace=10.0) for r in replicas), return_exceptions=True)
+        # 2. Background loops end; replicas drain and stop (SIGTERM, grace, SIGKILL).
+        await asyncio.gather(*background, return_exceptions=True)
+        if serving is not None:
+            await serving.stop()
         # 3. Backing services this run started (ones already running are left running).
         with contextlib.suppress(Exception):
             await loop.run_in_executor(None, services.down, settings.backing, backing.started)
         say.line("knfn", "stopped")
+
+
+async def _wait_ready(serving: Serving, stop: asyncio.Event) -> None:
+    """Until every Service's latest revision is ready (or scaled to zero by design)."""
+    deadline = asyncio.get_running_loop().time() + READY_TIMEOUT
+    while not stop.is_set():
+        if all(s.latest_ready for s in serving.services.values()):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            waiting = [k[1] for k, s in serving.services.items() if not s.latest_ready]
+            raise KnfnError(f"not ready within {READY_TIMEOUT:.0f}s: {', '.join(waiting)}")
+        await asyncio.sleep(0.05)

@@ -1,22 +1,26 @@
-"""The gateway: Knative's URLs on one port, proxied to the replicas of each Service.
+"""The gateway: Knative's URLs on one port, through each revision's throttler to a replica.
 
 Routes by Host header and by absolute-form (proxy) request line, so a function that calls
 ``http://query.default.svc.cluster.local`` through ``HTTP_PROXY`` reaches query. Unknown hosts get
 a 404 naming the known Services: the gateway is never an open proxy. Bodies stream both ways.
+Statuses as Knative's: 503 when the revision's queue is full, 504 when ``timeoutSeconds`` (which
+includes the wait for a cold start) or ``responseStartTimeoutSeconds`` runs out, 502 when the
+replica fails.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
 
-from knfn.routing import parse_host
+from knfn import metrics
+from knfn.throttler import Overloaded, Throttler
 
 # RFC 9110 7.6.1: connection-specific headers are not forwarded.
 HOP_BY_HOP = frozenset(
@@ -35,27 +39,33 @@ HOP_BY_HOP = frozenset(
 )
 
 
-@dataclass
-class Route:
-    """Where a Service's requests go: its ready replicas' URLs, used in turn."""
+class Backend(Protocol):
+    """A revision as the gateway sees it."""
 
-    namespace: str
-    service: str
-    timeout_seconds: float
-    backends: list[str] = field(default_factory=list)
-    _turn: Iterator[int] = field(default_factory=itertools.count)
+    @property
+    def name(self) -> str: ...
 
-    def pick(self) -> str | None:
-        if not self.backends:
-            return None
-        return self.backends[next(self._turn) % len(self.backends)]
+    @property
+    def labels(self) -> tuple[str, str, str]: ...
+
+    @property
+    def timeout_seconds(self) -> float: ...
+
+    @property
+    def response_start_timeout_seconds(self) -> float: ...
+
+    @property
+    def throttler(self) -> Throttler: ...
 
 
 class Gateway:
-    """An aiohttp application that proxies to the routes it is given."""
+    """An aiohttp application proxying to whatever ``route(host)`` names."""
 
-    def __init__(self, routes: Callable[[], dict[tuple[str, str], Route]]) -> None:
-        self._routes = routes
+    def __init__(
+        self, route: Callable[[str], Backend | None], known: Callable[[], list[str]]
+    ) -> None:
+        self._route = route
+        self._known = known
         self._session: aiohttp.ClientSession | None = None
         self.app = web.Application(client_max_size=0)
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -64,7 +74,7 @@ class Gateway:
 
     async def _open(self, _: web.Application) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=False),
+            connector=aiohttp.TCPConnector(limit=0),
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),
         )
@@ -74,22 +84,36 @@ class Gateway:
             await self._session.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        target = parse_host(request.url.host or request.host)
-        routes = self._routes()
-        route = routes.get((target.namespace, target.service)) if target else None
-        if route is None:
-            return _error(
-                404,
-                f"no Knative Service for host {request.host!r}",
-                services=sorted(f"{s}.{n}" for n, s in routes),
-            )
-        backend = route.pick()
+        backend = self._route(request.url.host or request.host)
         if backend is None:
-            return _error(503, f"{route.service}.{route.namespace} has no ready replica")
-        return await self._forward(request, route, backend)
+            return _error(
+                404, f"no Knative Service for host {request.host!r}", services=self._known()
+            )
+        started = time.perf_counter()
+        response = await self._admit(request, backend)
+        labels = backend.labels
+        metrics.REQUESTS.labels(*labels, str(response.status)).inc()
+        metrics.LATENCY.labels(*labels).observe(time.perf_counter() - started)
+        return response
+
+    async def _admit(self, request: web.Request, backend: Backend) -> web.StreamResponse:
+        """Hold the request for a replica slot (or refuse it), then forward it."""
+        throttler = backend.throttler
+        try:
+            async with asyncio.timeout(backend.timeout_seconds):
+                try:
+                    endpoint = await throttler.acquire()
+                except Overloaded as exc:
+                    return _error(503, f"{backend.name}: {exc}")
+                try:
+                    return await self._forward(request, backend, endpoint.url)
+                finally:
+                    throttler.release(endpoint)
+        except TimeoutError:
+            return _error(504, f"{backend.name} did not answer within {backend.timeout_seconds:g}s")
 
     async def _forward(
-        self, request: web.Request, route: Route, backend: str
+        self, request: web.Request, backend: Backend, base: str
     ) -> web.StreamResponse:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -102,25 +126,28 @@ class Gateway:
         body = request.content if request.body_exists else None
         response: web.StreamResponse | None = None
         try:
-            async with asyncio.timeout(route.timeout_seconds):
-                async with self._session.request(
+            async with asyncio.timeout(backend.response_start_timeout_seconds):
+                upstream = await self._session.request(
                     request.method,
-                    backend + request.rel_url.path_qs,
+                    base + request.rel_url.path_qs,
                     headers=headers,
                     data=body,
                     allow_redirects=False,
-                ) as upstream:
-                    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                    for key, value in upstream.headers.items():
-                        if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
-                            response.headers.add(key, value)
-                    if upstream.content_length is not None:
-                        response.content_length = upstream.content_length
-                    await response.prepare(request)
-                    async for chunk in upstream.content.iter_any():
-                        await response.write(chunk)
-                    await response.write_eof()
-                    return response
+                )
+            try:
+                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+                for key, value in upstream.headers.items():
+                    if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
+                        response.headers.add(key, value)
+                if upstream.content_length is not None:
+                    response.content_length = upstream.content_length
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+            finally:
+                upstream.release()
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             if response is not None and response.prepared:
                 # The status line is gone already: all that is left is to cut the response off.
@@ -128,10 +155,8 @@ class Gateway:
                     request.transport.close()
                 return response
             if isinstance(exc, TimeoutError):
-                return _error(
-                    504, f"{route.service} did not answer within {route.timeout_seconds:g}s"
-                )
-            return _error(502, f"{route.service} failed: {exc.__class__.__name__}: {exc}")
+                raise  # the request's own deadline, or the response-start one: 504
+            return _error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
 
 
 def _error(status: int, message: str, **extra: object) -> web.Response:

@@ -13,7 +13,9 @@ from typing import Any
 
 import yaml
 
+from knfn import autoscaling, traffic
 from knfn.errors import KnfnError
+from knfn.traffic import TrafficTarget
 
 KNOWN_KINDS: frozenset[tuple[str, str]] = frozenset(
     {
@@ -67,7 +69,9 @@ class Service:
     container: Container
     container_concurrency: int = 0
     timeout_seconds: int = 300
-    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    response_start_timeout_seconds: int = 300
+    template: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    traffic: tuple[TrafficTarget, ...] = (TrafficTarget(100),)
 
     @property
     def key(self) -> str:
@@ -161,11 +165,36 @@ def _service(
     container = _container(path, label, containers[0])
     cc = _int_field(path, label, spec, "containerConcurrency", 0, 0, 1000)
     timeout = _int_field(path, label, spec, "timeoutSeconds", 300, 1, 600)
+    response_start = _int_field(path, label, spec, "responseStartTimeoutSeconds", timeout, 1, 600)
+    explicit = (template.get("metadata") or {}).get("name")
+    if explicit is not None and not str(explicit).startswith(name + "-"):
+        raise ManifestError(
+            path, label, "spec.template.metadata.name", f"{explicit!r} must start with {name}-"
+        )
+    problems = autoscaling.validate_annotations(annotations)
+    if problems:
+        raise ManifestError(path, label, "spec.template.metadata.annotations", "; ".join(problems))
+    targets, problems = traffic.parse((doc.get("spec") or {}).get("traffic"))
+    if problems:
+        raise ManifestError(path, label, "spec.traffic", "; ".join(problems))
     if functions_dir is not None and not (functions_dir / name / "main.py").is_file():
         raise ManifestError(
             path, label, "metadata.name", f"no function code at {functions_dir / name}/main.py"
         )
-    return Service(name, namespace, path, annotations, container, cc, timeout, doc)
+    return Service(
+        name, namespace, path, annotations, container, cc, timeout, response_start, template,
+        tuple(targets),
+    )  # fmt: skip
+
+
+def at_template(service: Service, template: Mapping[str, Any]) -> Service:
+    """The Service as it was when a recorded revision's template was current."""
+    doc = {
+        "metadata": {"name": service.name, "namespace": service.namespace},
+        "spec": {"template": template},
+    }
+    return _service(service.source, f"Service {service.name}", service.name, service.namespace,
+                    doc, None)  # fmt: skip
 
 
 def _container(path: Path, label: str, raw: Mapping[str, Any]) -> Container:

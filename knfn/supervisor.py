@@ -71,6 +71,15 @@ class Replica:
         async for raw in self._proc.stdout:
             self._printer.line(self.spec.name, raw.decode("utf-8", "replace").rstrip("\n"))
 
+    @property
+    def exited(self) -> bool:
+        return self._proc is not None and self._proc.returncode is not None
+
+    async def wait_exit(self) -> int:
+        """Wait until the process exits; its return code."""
+        assert self._proc is not None
+        return await self._proc.wait()
+
     async def wait_ready(self, timeout: float) -> float:
         """Probe every 50 ms until ready; returns the seconds it took."""
         started = time.monotonic()

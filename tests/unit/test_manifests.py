@@ -113,3 +113,27 @@ def test_service_without_function_code_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "functions").mkdir()
     with pytest.raises(manifests.ManifestError, match="no function code"):
         manifests.load(base, tmp_path / "functions")
+
+
+def test_autoscaling_annotation_out_of_range_names_it(tmp_path: Path) -> None:
+    """An autoscaling annotation outside its range stops loading, naming annotation and value."""
+    broken = SERVICE.replace(
+        "    spec:\n      containerConcurrency: 2",
+        "    metadata:\n      annotations: {autoscaling.knative.dev/window: '2s'}\n"
+        "    spec:\n      containerConcurrency: 2",
+    )
+    with pytest.raises(manifests.ManifestError) as info:
+        manifests.load(write_base(tmp_path, broken))
+    assert info.value.field == "spec.template.metadata.annotations"
+    assert "autoscaling.knative.dev/window" in str(info.value) and "2s" in str(info.value)
+
+
+def test_traffic_that_does_not_sum_to_100_names_it(tmp_path: Path) -> None:
+    """A traffic block summing to 90 stops loading with the sum in the message."""
+    broken = SERVICE.replace(
+        "spec:\n  template:",
+        "spec:\n  traffic: [{latestRevision: true, percent: 90}]\n  template:",
+        1,
+    )
+    with pytest.raises(manifests.ManifestError, match="sum to 90, not 100"):
+        manifests.load(write_base(tmp_path, broken))

@@ -1,0 +1,57 @@
+"""The admin API on its own loopback port: /status (JSON), /metrics (Prometheus), / (dashboard)."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from knfn.metrics import REGISTRY
+
+
+def build(status: Callable[[], dict[str, Any]]) -> web.Application:
+    """The admin application over a status() callable."""
+
+    async def get_status(_: web.Request) -> web.Response:
+        return web.json_response(status())
+
+    async def get_metrics(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def dashboard(_: web.Request) -> web.Response:
+        return web.Response(text=render(status()), content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/status", get_status)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/", dashboard)
+    return app
+
+
+def render(status: dict[str, Any]) -> str:
+    """A small self-refreshing HTML table of services and revisions."""
+    rows = []
+    for svc in status.get("services", []):
+        for rev in svc["revisions"]:
+            cells = (
+                svc["name"], rev["name"], f"{rev['traffic_percent']}%", rev.get("tag") or "",
+                rev["desired_replicas"], rev["ready_replicas"], rev["in_flight"],
+            )  # fmt: skip
+            rows.append(
+                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
+            )
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("service", "revision", "traffic", "tag", "desired", "ready", "in flight")
+    )
+    return (
+        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2>"
+        "<title>knfn</title><style>body{font-family:sans-serif}td,th{padding:2px 10px;"
+        "text-align:left}</style></head><body><h1>knfn</h1>"
+        f"<table><tr>{head}</tr>{''.join(rows)}</table></body></html>"
+    )
