@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import psycopg
 from kit import admin as kit_admin
 
 from knfn.backing.services import BackingEnv
+from knfn.errors import KnfnError
 from knfn.settings import Settings
 
 
 def migrate(settings: Settings, backing: BackingEnv) -> list[str]:
-    """Apply postgres/migrations to the application database; returns what was applied."""
-    migrations = kit_admin.discover(settings.migrations_dir)
-    return kit_admin.migrate(backing.database_url, migrations)
+    """Apply postgres/migrations to the application database; returns what was applied.
+
+    A project without a postgres/migrations folder has nothing to apply.
+    """
+    if not settings.migrations_dir.is_dir():
+        return []
+    try:
+        migrations = kit_admin.discover(settings.migrations_dir)
+        return kit_admin.migrate(backing.database_url, migrations)
+    except (kit_admin.AdminError, psycopg.Error) as exc:
+        raise KnfnError(f"migrate: {exc}") from exc
 
 
 def buckets(backing: BackingEnv, names: list[str]) -> list[str]:
     """Create the configured buckets that are missing; returns what was created."""
     client = kit_admin.s3_client_from_env(backing.function_env())
-    return kit_admin.ensure_buckets(client, names)
+    try:
+        return kit_admin.ensure_buckets(client, names)
+    except kit_admin.AdminError as exc:
+        raise KnfnError(f"buckets: {exc}") from exc

@@ -264,6 +264,7 @@ class RevisionRuntime:
                 {
                     "name": s.replica.spec.name,
                     "url": s.replica.url,
+                    "pid": s.replica.pid,
                     "ready": s.endpoint is not None and not s.stopping,
                     "in_flight": s.endpoint.in_flight if s.endpoint else 0,
                 }

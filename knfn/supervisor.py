@@ -72,6 +72,10 @@ class Replica:
             self._printer.line(self.spec.name, raw.decode("utf-8", "replace").rstrip("\n"))
 
     @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
     def exited(self) -> bool:
         return self._proc is not None and self._proc.returncode is not None
 
