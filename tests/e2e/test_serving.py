@@ -281,3 +281,38 @@ def test_sigterm_to_a_replica_lets_its_in_flight_requests_finish(dev: Dev) -> No
 
     [(status, body)] = asyncio.run(kill_during_load())
     assert status == 200, body
+
+
+def test_crashed_replica_gives_502_and_is_replaced(dev: Dev) -> None:
+    """kill -9 of a replica: its in-flight request gets 502; a new replica serves the next."""
+
+    async def crash_during_load() -> list[tuple[int, bytes]]:
+        task = asyncio.create_task(load(dev, "limited.default", "/?sleep=800", 1, each=1))
+        await asyncio.sleep(0.3)
+        rev = next(iter((await asyncio.to_thread(dev.revisions, "limited")).values()))
+        for replica in rev["replicas"]:
+            os.kill(replica["pid"], signal.SIGKILL)
+        return await task
+
+    [(status, body)] = asyncio.run(crash_during_load())
+    assert status == 502 and b"limited-00001 failed" in body
+    [(after, _)] = asyncio.run(load(dev, "limited.default", "/?sleep=1", 1, each=1))
+    assert after == 200
+
+
+def test_metrics_and_status_command(dev: Dev) -> None:
+    """/metrics counts requests and cold starts; `knfn status` prints the revisions."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{dev.admin_port}/metrics") as resp:
+        text = resp.read().decode()
+    assert 'knfn_requests_total{code="200",namespace="default",revision="hello-00001"' in text
+    assert 'knfn_cold_starts_total{namespace="default",revision="hello-00001"' in text
+    assert "knfn_request_duration_seconds_bucket" in text
+    env = {**os.environ, "KNFN_ADMIN_PORT": str(dev.admin_port)}
+    table = subprocess.run([KNFN, "status"], env=env, capture_output=True, text=True, check=True)
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:3] == ["SERVICE", "REVISION", "TRAFFIC"]
+    assert any(line.split()[:3] == ["hello.default", "hello-00001", "80%"] for line in lines)
+    raw = subprocess.run([KNFN, "status", "--json"], env=env, capture_output=True, check=True)
+    assert {s["name"] for s in json.loads(raw.stdout)["services"]} == {"hello", "limited", "caller"}
