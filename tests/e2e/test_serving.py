@@ -132,6 +132,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
         KNFN_AUTOSCALER_STABLE_WINDOW="2s",
         KNFN_AUTOSCALER_SCALE_TO_ZERO_GRACE="0s",
         KNFN_AUTOSCALER_TICK="500ms",
+        KNFN_MAX_REPLICAS_PER_REVISION="4",
     )
     log = project / "dev.log"
     with open(log, "wb") as out:
@@ -184,21 +185,26 @@ def test_first_request_to_a_revision_at_zero_gets_200(dev: Dev) -> None:
 
 
 def test_load_scales_out_and_back_to_zero(dev: Dev) -> None:
-    """30 concurrent 200 ms requests for 20 s reach at least 3 ready replicas; then zero again."""
+    """30 concurrent 200 ms requests for 20 s reach at least 3 ready replicas, stopped at the
+    per-revision cap of 4 (shown in /status), then back to zero."""
     peak = 0
+    capped: set[str] = set()
 
     async def watch_and_load() -> list[tuple[int, bytes]]:
         nonlocal peak
         task = asyncio.create_task(load(dev, "hello.default", "/?sleep=200", 30, seconds=20))
         while not task.done():
-            ready = await asyncio.to_thread(lambda: dev.revisions("hello")["hello-00001"])
-            peak = max(peak, ready["ready_replicas"])
+            status = await asyncio.to_thread(dev.status)
+            hello = next(s for s in status["services"] if s["name"] == "hello")
+            peak = max(peak, hello["revisions"][0]["ready_replicas"])
+            capped.update(status["replicas"]["capped"])
             await asyncio.sleep(0.5)
         return await task
 
     results = asyncio.run(watch_and_load())
     assert Counter(s for s, _ in results) == Counter({200: len(results)})
-    assert peak >= 3, f"peak ready replicas {peak}"
+    assert 3 <= peak <= 4, f"peak ready replicas {peak}"
+    assert "hello-00001" in capped
     dev.wait_for(
         "scale to zero",
         lambda: dev.revisions("hello")["hello-00001"]["ready_replicas"] == 0,
