@@ -26,6 +26,8 @@ from typing import Any
 import kubernetes_validate
 import yaml
 
+from knfn import autoscaling
+
 Obj = dict[str, Any]
 
 # --------------------------------------------------------------------------------------------
@@ -594,32 +596,7 @@ def check_custom_schemas(objs: Iterable[Obj]) -> list[str]:
 # Knative Serving rules beyond the shape
 # --------------------------------------------------------------------------------------------
 
-AUTOSCALING = "autoscaling.knative.dev"
-KPA = "kpa.autoscaling.knative.dev"
-HPA = "hpa.autoscaling.knative.dev"
-# Current kebab-case key -> older camelCase spelling still read (knative/serving
-# pkg/apis/autoscaling/register.go, the kmap.KeyPriority lists). None = no old spelling.
-AUTOSCALING_KEYS: Mapping[str, str | None] = {
-    "class": None,
-    "metric": None,
-    "target": None,
-    "window": None,
-    "activation-scale": None,
-    "min-scale": "minScale",
-    "max-scale": "maxScale",
-    "initial-scale": "initialScale",
-    "scale-down-delay": "scaleDownDelay",
-    "target-utilization-percentage": "targetUtilizationPercentage",
-    "target-burst-capacity": "targetBurstCapacity",
-    "panic-window-percentage": "panicWindowPercentage",
-    "panic-threshold-percentage": "panicThresholdPercentage",
-    "scale-to-zero-pod-retention-period": "scaleToZeroPodRetentionPeriod",
-    "metric-aggregation-algorithm": "metricAggregationAlgorithm",
-}
-# Only settable cluster-wide, in config-autoscaler.
-GLOBAL_ONLY_KEYS = frozenset({"scale-to-zero-grace-period", "enable-scale-to-zero"})
-WINDOW_MIN_S, WINDOW_MAX_S = 6.0, 3600.0  # register.go WindowMin / WindowMax
-TARGET_MIN = 0.01  # register.go TargetMin
+AUTOSCALING = autoscaling.GROUP
 MAX_CONTAINER_CONCURRENCY = 1000  # config-defaults container-concurrency-max-limit
 MAX_TIMEOUT_SECONDS = 600  # config-defaults max-revision-timeout-seconds
 # k8s_validation.go reservedEnvVars / reservedPorts (knative.dev/networking constants: 8012,
@@ -627,42 +604,13 @@ MAX_TIMEOUT_SECONDS = 600  # config-defaults max-revision-timeout-seconds
 RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
 RESERVED_PORTS = frozenset({8012, 8013, 8022, 9090, 9091, 8008})
 
-_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_SECONDS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-
 
 def parse_go_duration(text: str) -> float | None:
     """Seconds in a Go time.ParseDuration string ("60s", "1m30s", "0"), or None if invalid."""
-    body = text[1:] if text[:1] in "+-" else text
-    sign = -1.0 if text.startswith("-") else 1.0
-    if body == "0":
-        return 0.0
-    if not body:
-        return None
-    pos, total = 0, 0.0
-    for match in _GO_DURATION.finditer(body):
-        if match.start() != pos:
-            return None
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    return sign * total if pos == len(body) else None
-
-
-def _float(value: str) -> float | None:
     try:
-        number = float(value)
+        return autoscaling.parse_duration(text)
     except ValueError:
         return None
-    return number if math.isfinite(number) else None
 
 
 def _int32(value: str) -> int | None:
@@ -675,102 +623,10 @@ def _int32(value: str) -> int | None:
 def check_autoscaling_annotations(
     annotations: Mapping[str, str], where: str, allow_zero_initial_scale: bool = False
 ) -> list[str]:
-    """Revision-template autoscaling annotations as Knative's webhook checks them
-    (knative/serving pkg/apis/autoscaling/annotation_validation.go ValidateAnnotations)."""
-    problems: list[str] = []
-    values: dict[str, tuple[str, str]] = {}  # kebab key -> (key as written, value)
-    old_to_new = {old: new for new, old in AUTOSCALING_KEYS.items() if old}
-    for key, value in annotations.items():
-        if not key.startswith(AUTOSCALING + "/"):
-            continue
-        short = key.split("/", 1)[1]
-        if short in GLOBAL_ONLY_KEYS:
-            problems.append(f"{where}: {key} is a cluster-wide setting (config-autoscaler)")
-            continue
-        canonical = short if short in AUTOSCALING_KEYS else old_to_new.get(short)
-        if canonical is None:
-            problems.append(f"{where}: unknown autoscaling annotation {key}")
-            continue
-        if canonical in values:
-            problems.append(
-                f"{where}: {key} and {values[canonical][0]} both set; keep the kebab-case one"
-            )
-            continue
-        values[canonical] = (key, str(value))
-
-    def bad(name: str, message: str) -> None:
-        problems.append(f"{where}: {values[name][0]}={values[name][1]!r}: {message}")
-
-    klass = values.get("class", ("", KPA))[1]
-    if "class" in values and klass.endswith(".knative.dev") and klass not in (KPA, HPA):
-        bad("class", f"must be {KPA} or {HPA}")
-    if "metric" in values:
-        metric = values["metric"][1]
-        if klass == KPA and metric not in ("concurrency", "rps"):
-            bad("metric", "the KPA scales on concurrency or rps")
-        if klass == HPA and not metric:
-            bad("metric", "must not be empty")
-    if "target" in values:
-        number = _float(values["target"][1])
-        if number is None or number < TARGET_MIN:
-            bad("target", f"must be a number >= {TARGET_MIN}")
-    for name, low, high in (
-        ("target-utilization-percentage", 1.0, 100.0),
-        ("panic-window-percentage", 1.0, 100.0),
-        ("panic-threshold-percentage", 110.0, 1000.0),
-    ):
-        if name in values:
-            number = _float(values[name][1])
-            if number is None or not low <= number <= high:
-                bad(name, f"must be a number in [{low:g}, {high:g}]")
-    if "target-burst-capacity" in values:
-        number = _float(values["target-burst-capacity"][1])
-        if number is None or (number < 0 and number != -1):
-            bad("target-burst-capacity", "must be >= 0, or -1 for unlimited")
-    scales: dict[str, int] = {}
-    for name in ("min-scale", "max-scale"):
-        if name in values:
-            number = _int32(values[name][1])
-            if number is None or number < 0:
-                bad(name, "must be an integer >= 0")
-            else:
-                scales[name] = number
-    low, high = scales.get("min-scale", 0), scales.get("max-scale", 0)
-    if high and high < low:
-        problems.append(f"{where}: max-scale={high} is less than min-scale={low}")
-    if "activation-scale" in values:
-        number = _int32(values["activation-scale"][1])
-        if number is None:
-            bad("activation-scale", "must be an integer")
-        elif number < 2:
-            bad("activation-scale", "must be at least 2")
-        elif number < low or (high and number > high):
-            bad("activation-scale", "must lie between min-scale and max-scale")
-    if "initial-scale" in values:
-        number = _int32(values["initial-scale"][1])
-        if number is None or number < 0:
-            bad("initial-scale", "must be an integer >= 0")
-        elif number == 0 and not allow_zero_initial_scale:
-            bad("initial-scale", "0 needs allow-zero-initial-scale in config-autoscaler")
-    for name, low_s, high_s in (
-        ("window", WINDOW_MIN_S, WINDOW_MAX_S),
-        ("scale-down-delay", 0.0, WINDOW_MAX_S),
-        ("scale-to-zero-pod-retention-period", 0.0, WINDOW_MAX_S),
-    ):
-        if name in values:
-            seconds = parse_go_duration(values[name][1])
-            if seconds is None:
-                bad(name, "must be a Go duration such as 60s or 1m30s")
-            elif not low_s <= seconds <= high_s:
-                bad(name, f"must be between {low_s:g}s and {high_s:g}s")
-            elif name != "scale-to-zero-pod-retention-period" and seconds != int(seconds):
-                bad(name, "must be whole seconds")
-    # Only validated when the class is set to KPA explicitly (custom classes have own values).
-    algorithm = values.get("metric-aggregation-algorithm", ("", ""))[1]
-    known = ("linear", "weighted-exponential", "weightedExponential")
-    if "class" in values and klass == KPA and algorithm and algorithm not in known:
-        bad("metric-aggregation-algorithm", "must be linear or weighted-exponential")
-    return problems
+    """Revision-template autoscaling annotations as Knative's webhook checks them: the same
+    validation knfn applies when it loads the manifests (knfn.autoscaling)."""
+    cfg = autoscaling.AutoscalerConfig(allow_zero_initial_scale=allow_zero_initial_scale)
+    return [f"{where}: {p}" for p in autoscaling.validate_annotations(annotations, cfg)]
 
 
 def _containers(pod_spec: Mapping[str, Any]) -> list[Obj]:
