@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -11,12 +11,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from knfn.metrics import REGISTRY
 
+Status = Callable[[], Awaitable[dict[str, Any]]]
+Events = Callable[[int], Awaitable[list[dict[str, Any]]]]
 
-def build(status: Callable[[], dict[str, Any]]) -> web.Application:
-    """The admin application over a status() callable."""
+
+def build(status: Status, events: Events) -> web.Application:
+    """The admin application over the runtime's status() and events(limit)."""
 
     async def get_status(_: web.Request) -> web.Response:
-        return web.json_response(status())
+        return web.json_response(await status())
+
+    async def get_events(request: web.Request) -> web.Response:
+        raw = request.query.get("limit", "100")
+        if not raw.isdigit() or not 0 < int(raw) <= 10_000:
+            return web.json_response({"error": "limit must be an integer 1..10000"}, status=400)
+        return web.json_response({"events": await events(int(raw))})
 
     async def get_metrics(_: web.Request) -> web.Response:
         return web.Response(
@@ -24,11 +33,12 @@ def build(status: Callable[[], dict[str, Any]]) -> web.Application:
         )
 
     async def dashboard(_: web.Request) -> web.Response:
-        return web.Response(text=render(status()), content_type="text/html")
+        return web.Response(text=render(await status()), content_type="text/html")
 
     app = web.Application()
     app.router.add_get("/status", get_status)
     app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/events", get_events)
     app.router.add_get("/", dashboard)
     return app
 

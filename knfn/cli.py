@@ -166,16 +166,26 @@ def admin_buckets(settings: Settings, names: tuple[str, ...]) -> None:
     help="Admin API port on 127.0.0.1: /status, /metrics, / (env KNFN_ADMIN_PORT).",
 )
 @click.option("--watch", is_flag=True, help="Make a new revision when code or manifests change.")
+@click.option(
+    "--dispatchers",
+    envvar="KNFN_DISPATCHERS",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Broker dispatchers claiming deliveries in parallel (env KNFN_DISPATCHERS).",
+)
 @pass_settings
 @handle_errors
-def dev_command(settings: Settings, port: int, admin_port: int, watch: bool) -> None:
+def dev_command(
+    settings: Settings, port: int, admin_port: int, watch: bool, dispatchers: int
+) -> None:
     """Run the whole system: backing services, admin processes, every Service, the gateway."""
     import uvloop
 
     from knfn import dev
     from knfn.logs import Printer
 
-    options = dev.DevOptions(port, admin_port, watch, dict(os.environ))
+    options = dev.DevOptions(port, admin_port, watch, dict(os.environ), dispatchers)
     uvloop.run(dev.run(settings, options, Printer()))
 
 

@@ -1,8 +1,9 @@
 """``knfn dev``: the whole system on one machine, up in order and down in reverse.
 
 Start-up: 1. backing services (or the external ones), 2. migrations and buckets (the admin
-processes), 3. Serving: a revision per Service and its initial replicas, 4. the gateway and the
-admin API, 5. the autoscaler loop (and, with --watch, the watcher). Shutdown reverses it.
+processes), 3. Serving: a revision per Service and its initial replicas, 4. Eventing: the
+broker's store and dispatchers, 5. the gateway (with the broker ingress) and the admin API,
+6. the autoscaler loop (and, with --watch, the watcher). Shutdown reverses it.
 """
 
 from __future__ import annotations
@@ -14,17 +15,21 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from knfn import admin, admin_api, autoscaling, manifests, watch
 from knfn.backing import services
 from knfn.errors import KnfnError
+from knfn.eventing import config as eventing_config
+from knfn.eventing.runtime import Eventing
 from knfn.gateway import Gateway
 from knfn.kpa import Autoscaler
 from knfn.logs import Printer
 from knfn.replica_env import SecretValues
 from knfn.revisions import RevisionStore
+from knfn.routing import BROKER_INGRESS_TARGET
 from knfn.serving import Caps, Context, Serving
 from knfn.settings import Settings
 
@@ -37,6 +42,14 @@ class DevOptions:
     admin_port: int
     watch: bool
     host_env: Mapping[str, str]
+    dispatchers: int = 2
+
+
+def _status(serving: Serving, eventing: Eventing) -> admin_api.Status:
+    async def status() -> dict[str, Any]:
+        return {**serving.status(), **(await eventing.status())}
+
+    return status
 
 
 def configured_buckets(m: manifests.Manifests) -> list[str]:
@@ -65,6 +78,7 @@ def autoscaler_config(
 async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
     """Bring everything up, serve until SIGINT/SIGTERM, then shut down in reverse."""
     m = manifests.load(settings.knative_dir, settings.functions_dir)
+    brokers = eventing_config.load(m)
     scaler_cfg = autoscaler_config(m, options.host_env)
     loop = asyncio.get_running_loop()
 
@@ -78,6 +92,7 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     serving: Serving | None = None
+    eventing: Eventing | None = None
     runners: list[web.AppRunner] = []
     background: list[asyncio.Task[None]] = []
     try:
@@ -111,21 +126,32 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         serving = Serving(ctx, m)
         await serving.apply(m)
 
-        # 4. The gateway and the admin API.
-        gateway = Gateway(serving.route, serving.known_hosts)
-        for app, port in (
-            (gateway.app, options.port),
-            (admin_api.build(serving.status), options.admin_port),
-        ):
+        # 4. Eventing: deliveries go through the gateway, so a function at zero is started.
+        eventing = Eventing(
+            backing.knfn_database_url,
+            brokers,
+            f"http://127.0.0.1:{options.port}",
+            dispatchers=options.dispatchers,
+        )
+        await eventing.start()
+
+        # 5. The gateway (with the broker ingress at its Knative address) and the admin API.
+        gateway = Gateway(
+            serving.route, serving.known_hosts, {BROKER_INGRESS_TARGET: eventing.ingress.handle}
+        )
+        admin_app = admin_api.build(_status(serving, eventing), eventing.events)
+        for app, port in ((gateway.app, options.port), (admin_app, options.admin_port)):
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", port).start()
             runners.append(runner)
 
-        # 5. The autoscaler loop, and the watcher.
+        # 6. The autoscaler loop, and the watcher.
         background.append(asyncio.create_task(serving.run(scaler_cfg.tick_interval, stop)))
         if options.watch:
-            background.append(asyncio.create_task(watch.run(settings, serving, say, stop)))
+            background.append(
+                asyncio.create_task(watch.run(settings, serving, eventing, say, stop))
+            )
         await _wait_ready(serving, stop)
         for state in serving.services.values():
             svc = state.service
@@ -141,8 +167,10 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         # 1. Stop taking requests.
         for runner in runners:
             await runner.cleanup()
-        # 2. Background loops end; replicas drain and stop (SIGTERM, grace, SIGKILL).
+        # 2. Background loops end; dispatchers stop; replicas drain (SIGTERM, grace, SIGKILL).
         await asyncio.gather(*background, return_exceptions=True)
+        if eventing is not None:
+            await eventing.stop()
         if serving is not None:
             await serving.stop()
         # 3. Backing services this run started (ones already running are left running).

@@ -13,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 import aiohttp
 from aiohttp import web
 
 from knfn import metrics
+from knfn.routing import Target, parse_host
 from knfn.throttler import Overloaded, Throttler
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # RFC 9110 7.6.1: connection-specific headers are not forwarded.
 HOP_BY_HOP = frozenset(
@@ -59,13 +62,20 @@ class Backend(Protocol):
 
 
 class Gateway:
-    """An aiohttp application proxying to whatever ``route(host)`` names."""
+    """An aiohttp application proxying to whatever ``route(target)`` names.
+
+    ``local`` maps a few hosts to handlers served in this process (the broker ingress).
+    """
 
     def __init__(
-        self, route: Callable[[str], Backend | None], known: Callable[[], list[str]]
+        self,
+        route: Callable[[Target], Backend | None],
+        known: Callable[[], list[str]],
+        local: Mapping[Target, Handler] | None = None,
     ) -> None:
         self._route = route
         self._known = known
+        self._local = dict(local or {})
         self._session: aiohttp.ClientSession | None = None
         self.app = web.Application(client_max_size=0)
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -84,7 +94,10 @@ class Gateway:
             await self._session.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        backend = self._route(request.url.host or request.host)
+        target = parse_host(request.url.host or request.host)
+        if target is not None and target in self._local:
+            return await self._local[target](request)
+        backend = self._route(target) if target is not None else None
         if backend is None:
             return _error(
                 404, f"no Knative Service for host {request.host!r}", services=self._known()

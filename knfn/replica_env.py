@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from knfn.manifests import ManifestError, Manifests, Service
+from knfn.routing import BROKER_INGRESS
 
-BROKER_INGRESS = "http://broker-ingress.knative-eventing.svc.cluster.local"
 # Passed through from knfn's own environment so the function can run at all.
 PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "VIRTUAL_ENV")
 

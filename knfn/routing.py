@@ -10,12 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DOMAINS = ("svc.cluster.local", "svc", "localhost")
+# Where Knative's multi-tenant broker ingress answers: <BROKER_INGRESS>/<namespace>/<broker>.
+BROKER_INGRESS = "http://broker-ingress.knative-eventing.svc.cluster.local"
 
 
 @dataclass(frozen=True)
 class Target:
     namespace: str
     service: str
+
+
+BROKER_INGRESS_TARGET = Target("knative-eventing", "broker-ingress")
 
 
 def parse_host(host: str) -> Target | None:

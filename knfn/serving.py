@@ -24,7 +24,7 @@ from knfn.logs import Printer
 from knfn.ports import free_port
 from knfn.replica_env import SecretValues, resolve
 from knfn.revisions import Revision, RevisionStore
-from knfn.routing import parse_host
+from knfn.routing import Target
 from knfn.supervisor import Replica, ReplicaError, ReplicaSpec
 from knfn.throttler import Endpoint, Throttler
 
@@ -373,11 +373,8 @@ class Serving:
         self._hosts = hosts
 
     # -- the gateway's questions -------------------------------------------------------------
-    def route(self, host: str) -> RevisionRuntime | None:
-        """The revision a request for host goes to: by tag, else drawn from the split."""
-        target = parse_host(host)
-        if target is None:
-            return None
+    def route(self, target: Target) -> RevisionRuntime | None:
+        """The revision a request for target goes to: by tag, else drawn from the split."""
         found = self._hosts.get((target.namespace, target.service))
         if found is None:
             return None

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from knfn import manifests
 from knfn.errors import KnfnError
+from knfn.eventing import config as eventing_config
+from knfn.eventing.runtime import Eventing
 from knfn.logs import Printer
 from knfn.revisions import source_files
 from knfn.serving import Serving
@@ -41,7 +43,9 @@ def watched(settings: Settings) -> list[Path]:
     return [settings.knative_dir, *functions]
 
 
-async def run(settings: Settings, serving: Serving, say: Printer, stop: asyncio.Event) -> None:
+async def run(
+    settings: Settings, serving: Serving, eventing: Eventing, say: Printer, stop: asyncio.Event
+) -> None:
     loop = asyncio.get_running_loop()
     last = await loop.run_in_executor(None, fingerprint, watched(settings))
     while not stop.is_set():
@@ -55,7 +59,9 @@ async def run(settings: Settings, serving: Serving, say: Printer, stop: asyncio.
             m = await loop.run_in_executor(
                 None, manifests.load, settings.knative_dir, settings.functions_dir
             )
+            brokers = eventing_config.load(m)
             await serving.apply(m)
+            eventing.apply(brokers)
         except KnfnError as exc:
             say.line("knfn", f"change not applied: {exc}")
             continue

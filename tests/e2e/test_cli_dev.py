@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow
 
 
 class Dev:
-    def __init__(self, proc: subprocess.Popen[str], port: int, log: Path) -> None:
-        self.proc, self.port, self.log = proc, port, log
+    def __init__(self, proc: subprocess.Popen[str], port: int, admin_port: int, log: Path) -> None:
+        self.proc, self.port, self.admin_port, self.log = proc, port, admin_port, log
 
     def get(self, host: str, path: str = "/") -> tuple[int, bytes]:
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers={"Host": host})
@@ -48,10 +48,11 @@ def _open(req: urllib.request.Request, handler: object) -> tuple[int, bytes]:
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
     """`knfn dev` on free ports with its state in a temporary project copy of the manifests."""
     state = tmp_path_factory.mktemp("dev")
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "S3_ENDPOINT_URL")}
     env.update(
         KNFN_PORT=str(port),
+        KNFN_ADMIN_PORT=str(admin_port),
         KNFN_PG_PORT=str(free_port()),
         KNFN_S3_PORT=str(free_port()),
         KNFN_STATE_DIR=str(state / ".knfn"),
@@ -71,7 +72,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.2)
-    yield Dev(proc, port, log)
+    yield Dev(proc, port, admin_port, log)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
 
@@ -96,6 +97,54 @@ def test_unknown_host_gets_404_listing_services(dev: Dev) -> None:
     assert status == 404
     listed = json.loads(body)["services"]
     assert "hello.default" in listed and "query.default" in listed
+
+
+def test_pipeline_image_to_query_with_thumbnail(dev: Dev) -> None:
+    """A PNG posted to ingest shows in query with its thumbnail key within 5 s; event-display
+    logged both events; /events lists each delivery."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (320, 200), (10, 120, 200)).save(buf, "PNG")
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{dev.port}/",
+        data=buf.getvalue(),
+        headers={"Host": "ingest.default", "Content-Type": "image/png"},
+        method="POST",
+    )
+    status, body = _open(req, None)
+    assert status == 201, body
+    key = json.loads(body)["key"]
+    deadline = time.monotonic() + 5
+    thumbnail = None
+    while thumbnail is None:
+        assert time.monotonic() < deadline, "no thumbnail key in query within 5 s"
+        status, body = dev.get("query.default", f"/objects/{key}")
+        if status == 200:
+            thumbnail = json.loads(body).get("thumbnail_key")
+        time.sleep(0.1)
+    assert thumbnail.startswith("thumbnails/")
+    log = dev.log.read_text()
+    displayed = [line for line in log.splitlines() if line.startswith("event-display/")]
+    assert any("dev.knfn.object.stored" in line for line in displayed)
+    deadline = time.monotonic() + 5
+    while not any("dev.knfn.thumbnail.created" in line for line in displayed):
+        assert time.monotonic() < deadline, "event-display did not log the reply event"
+        time.sleep(0.1)
+        displayed = [
+            ln for ln in dev.log.read_text().splitlines() if ln.startswith("event-display/")
+        ]
+    with urllib.request.urlopen(f"http://127.0.0.1:{dev.admin_port}/events?limit=50") as resp:
+        deliveries = json.loads(resp.read())["events"]
+    triggers = {(d["type"], d["trigger"]) for d in deliveries if d["state"] == "delivered"}
+    assert {
+        ("dev.knfn.object.stored", "thumbnail-object-stored"),
+        ("dev.knfn.object.stored", "catalog-object-stored"),
+        ("dev.knfn.thumbnail.created", "catalog-thumbnail-created"),
+        ("dev.knfn.object.stored", "event-display-all"),
+    } <= triggers
 
 
 def test_sigterm_stops_every_process_it_started(dev: Dev) -> None:

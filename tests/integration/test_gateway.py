@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from knfn.gateway import Gateway
+from knfn.routing import Target
 from knfn.throttler import Throttler
 from tests.support import free_port
 
@@ -71,8 +72,8 @@ def run(test: Callable[[str, dict[str, Rev]], Awaitable[None]]) -> None:
             "cold": Rev("cold", 0.3),
         }
 
-        def route(host: str) -> Rev | None:
-            return revs.get(host.split(".")[0]) if host.endswith(".default") else None
+        def route(target: Target) -> Rev | None:
+            return revs.get(target.service) if target.namespace == "default" else None
 
         gateway = Gateway(route, lambda: sorted(f"{n}.default" for n in revs))
         async with serving(backend_app, backend_port), serving(gateway.app, gateway_port):

@@ -1,0 +1,128 @@
+"""Brokers and Triggers from the manifests, validated and resolved to URLs and filters.
+
+A Trigger without ``delivery`` uses its Broker's; a Broker without one uses config-br-defaults
+(retry 10, exponential, PT0.2S). Subscribers and dead-letter sinks that name a Service must name
+one that exists. Every problem stops start-up naming the file, the object and the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from knfn.eventing.delivery import DeliverySpec
+
+from knfn.errors import KnfnError
+from knfn.eventing import delivery, filters
+from knfn.manifests import ManifestError, Manifests
+from knfn.routing import BROKER_INGRESS
+
+
+@dataclass(frozen=True)
+class Broker:
+    namespace: str
+    name: str
+    delivery: DeliverySpec
+
+    @property
+    def address(self) -> str:
+        return f"{BROKER_INGRESS}/{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    namespace: str
+    name: str
+    broker: str
+    matches: filters.Filter
+    subscriber: str
+    delivery: DeliverySpec
+
+    @property
+    def dead_letter_url(self) -> str | None:
+        sink = self.delivery.dead_letter_sink
+        return sink.url(self.namespace) if sink else None
+
+
+@dataclass(frozen=True)
+class EventingConfig:
+    brokers: Mapping[tuple[str, str], Broker]
+    triggers: tuple[Trigger, ...]
+
+    def triggers_of(self, namespace: str, broker: str) -> list[Trigger]:
+        return [t for t in self.triggers if (t.namespace, t.broker) == (namespace, broker)]
+
+    def trigger(self, namespace: str, name: str) -> Trigger | None:
+        return next((t for t in self.triggers if (t.namespace, t.name) == (namespace, name)), None)
+
+
+def _check_ref(
+    m: Manifests, path: Path, label: str, fld: str, dest: delivery.Destination, ns: str
+) -> str:
+    """The destination's URL; a Service or Broker it names must exist in the manifests."""
+    target_ns = dest.ref_namespace or ns
+    if dest.ref_kind == "Service" and m.service(target_ns, dest.ref_name or "") is None:
+        raise ManifestError(path, label, fld, f"no Service {target_ns}/{dest.ref_name}")
+    try:
+        return dest.url(ns)
+    except ValueError as exc:
+        raise ManifestError(path, label, fld, str(exc)) from exc
+
+
+def load(m: Manifests) -> EventingConfig:
+    """Brokers and Triggers of the manifests."""
+    brokers: dict[tuple[str, str], Broker] = {}
+    raw_triggers: list[tuple[Path, Mapping[str, Any]]] = []
+    for path, doc in m.others:
+        meta = doc.get("metadata") or {}
+        ns, name = str(meta.get("namespace") or "default"), str(meta.get("name"))
+        if doc.get("kind") == "Broker":
+            label = f"Broker {name}"
+            try:
+                spec = delivery.parse_delivery(
+                    (doc.get("spec") or {}).get("delivery"), "spec.delivery"
+                )
+            except KnfnError as exc:
+                raise ManifestError(path, label, "spec.delivery", str(exc)) from exc
+            if spec and spec.dead_letter_sink:
+                _check_ref(
+                    m, path, label, "spec.delivery.deadLetterSink", spec.dead_letter_sink, ns
+                )
+            brokers[(ns, name)] = Broker(ns, name, spec or delivery.BROKER_DEFAULT)
+        elif doc.get("kind") == "Trigger":
+            raw_triggers.append((path, doc))
+    triggers = tuple(_trigger(m, brokers, path, doc) for path, doc in raw_triggers)
+    return EventingConfig(brokers, triggers)
+
+
+def _trigger(
+    m: Manifests,
+    brokers: Mapping[tuple[str, str], Broker],
+    path: Path,
+    doc: Mapping[str, Any],
+) -> Trigger:
+    meta, spec = doc.get("metadata") or {}, doc.get("spec") or {}
+    ns, name = str(meta.get("namespace") or "default"), str(meta.get("name"))
+    label = f"Trigger {name}"
+    broker_name = str(spec.get("broker") or "default")
+    broker = brokers.get((ns, broker_name))
+    if broker is None:
+        raise ManifestError(path, label, "spec.broker", f"no Broker {ns}/{broker_name}")
+    try:
+        matches = filters.compile_trigger(spec)
+    except KnfnError as exc:
+        raise ManifestError(path, label, "spec.filter(s)", str(exc)) from exc
+    if not spec.get("subscriber"):
+        raise ManifestError(path, label, "spec.subscriber", "is required")
+    try:
+        subscriber = delivery.parse_destination(spec["subscriber"], "spec.subscriber")
+        own = delivery.parse_delivery(spec.get("delivery"), "spec.delivery")
+    except KnfnError as exc:
+        raise ManifestError(path, label, "spec", str(exc)) from exc
+    url = _check_ref(m, path, label, "spec.subscriber", subscriber, ns)
+    effective = delivery.effective(own, broker.delivery)
+    if own and own.dead_letter_sink:
+        _check_ref(m, path, label, "spec.delivery.deadLetterSink", own.dead_letter_sink, ns)
+    return Trigger(ns, name, broker_name, matches, url, effective)

@@ -1,0 +1,345 @@
+"""The broker's durable queue in knfn's database: nothing is answered 202 before it is here.
+
+An accepted event and one delivery row per matching trigger are written in one transaction;
+concurrent accepts are grouped into one commit (group commit), which is what lets one Postgres
+connection take thousands of events a second. Dispatchers claim due deliveries with
+``FOR UPDATE SKIP LOCKED`` and a lease (``next_attempt_at`` moved past the attempt's timeout), so
+a crashed knfn leaves them claimable again: delivery is at least once. Commits that add work send
+``NOTIFY knfn_deliveries`` so idle dispatchers wake at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from knfn.errors import KnfnError
+
+CHANNEL = "knfn_deliveries"
+GROUP_LIMIT = 500
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS knfn_events (
+    id          bigserial PRIMARY KEY,
+    namespace   text NOT NULL,
+    broker      text NOT NULL,
+    attributes  jsonb NOT NULL,
+    data        bytea,
+    accepted_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE TABLE IF NOT EXISTS knfn_deliveries (
+    id              bigserial PRIMARY KEY,
+    event_id        bigint NOT NULL REFERENCES knfn_events (id),
+    namespace       text NOT NULL,
+    trigger         text NOT NULL,
+    kind            text NOT NULL DEFAULT 'subscriber',
+    destination     text NOT NULL,
+    extensions      jsonb NOT NULL DEFAULT '{}',
+    state           text NOT NULL DEFAULT 'pending',
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    leased          boolean NOT NULL DEFAULT false,
+    last_status     integer,
+    last_error      text,
+    finished_at     timestamptz,
+    latency_ms      double precision
+);
+CREATE INDEX IF NOT EXISTS knfn_deliveries_due
+    ON knfn_deliveries (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS knfn_deliveries_event ON knfn_deliveries (event_id);
+"""
+
+
+class StoreUnavailable(KnfnError):
+    """The database could not take the event: the ingress answers 503, never 202."""
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    trigger: str
+    destination: str
+    kind: str = "subscriber"
+    extensions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Accept:
+    """One event to store, with the deliveries it fans out to."""
+
+    namespace: str
+    broker: str
+    attributes: dict[str, str]
+    data: bytes | None
+    deliveries: Sequence[NewDelivery]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    event_id: int
+    namespace: str
+    trigger: str
+    kind: str
+    destination: str
+    extensions: dict[str, str]
+    attempts: int
+    attributes: dict[str, str]
+    data: bytes | None
+    broker: str
+    accepted_at: datetime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one attempt: delivered, retry at a time, or finished as dead/failed."""
+
+    delivery_id: int
+    state: str  # delivered | pending | dead | failed
+    status: int | None
+    error: str | None
+    retry_at: datetime | None = None
+    followups: Sequence[NewDelivery] = ()  # e.g. the dead-letter delivery
+    replies: Sequence[Accept] = ()  # a reply event re-entering a broker
+
+
+def _connect_error(exc: Exception) -> StoreUnavailable:
+    return StoreUnavailable(f"the broker's database is unavailable: {exc}")
+
+
+async def _insert(cur: psycopg.AsyncCursor[Any], accepts: Sequence[Accept]) -> list[int]:
+    ids = [
+        row[0]
+        for row in await (
+            await cur.execute(
+                "SELECT nextval('knfn_events_id_seq') FROM generate_series(1, %s)",
+                (len(accepts),),
+            )
+        ).fetchall()
+    ]
+    await cur.execute(
+        "INSERT INTO knfn_events (id, namespace, broker, attributes, data)"
+        " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::jsonb[], %s::bytea[])",
+        (
+            ids,
+            [a.namespace for a in accepts],
+            [a.broker for a in accepts],
+            [Jsonb(a.attributes) for a in accepts],
+            [a.data for a in accepts],
+        ),
+    )
+    await _insert_deliveries(
+        cur,
+        [(eid, a.namespace, d) for eid, a in zip(ids, accepts, strict=True) for d in a.deliveries],
+    )
+    return ids
+
+
+async def _insert_deliveries(
+    cur: psycopg.AsyncCursor[Any], rows: Sequence[tuple[int, str, NewDelivery]]
+) -> None:
+    if not rows:
+        return
+    await cur.execute(
+        "INSERT INTO knfn_deliveries (event_id, namespace, trigger, kind, destination, extensions)"
+        " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],"
+        " %s::jsonb[])",
+        (
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2].trigger for r in rows],
+            [r[2].kind for r in rows],
+            [r[2].destination for r in rows],
+            [Jsonb(r[2].extensions) for r in rows],
+        ),
+    )
+
+
+class EventStore:
+    """Group-committing accepts, lease-based claims, and outcome recording."""
+
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self._pending: list[tuple[Accept, asyncio.Future[int]]] = []
+        self._wake = asyncio.Event()
+        self._writer: psycopg.AsyncConnection[Any] | None = None
+        self._committer: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        """Create the schema and start the group committer."""
+        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+            await conn.execute(SCHEMA)
+            # One knfn runs against this database: leases of a previous run are void.
+            await conn.execute(
+                "UPDATE knfn_deliveries SET next_attempt_at = clock_timestamp(), leased = false"
+                " WHERE state = 'pending' AND leased"
+            )
+        self._committer = asyncio.create_task(self._commit_loop())
+
+    async def close(self) -> None:
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+        if self._writer is not None:
+            await self._writer.close()
+        for _, future in self._pending:
+            if not future.done():
+                future.set_exception(StoreUnavailable("knfn is shutting down"))
+
+    # -- accept --------------------------------------------------------------------------------
+    async def accept(self, item: Accept) -> int:
+        """Store the event and its deliveries; returns once committed (the 202 may then go)."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        self._wake.set()
+        return await future
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:GROUP_LIMIT], self._pending[GROUP_LIMIT:]
+                try:
+                    ids = await self._commit([item for item, _ in batch])
+                except (psycopg.Error, OSError) as exc:
+                    self._writer = None
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(_connect_error(exc))
+                    continue
+                for (_, future), event_id in zip(batch, ids, strict=True):
+                    if not future.done():
+                        future.set_result(event_id)
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._writer is None or self._writer.closed:
+            self._writer = await psycopg.AsyncConnection.connect(self._url, connect_timeout=2)
+        return self._writer
+
+    async def _commit(self, accepts: Sequence[Accept]) -> list[int]:
+        conn = await self._connection()
+        async with conn.transaction(), conn.cursor() as cur:
+            ids = await _insert(cur, accepts)
+            if any(a.deliveries for a in accepts):
+                await cur.execute(f"NOTIFY {CHANNEL}")
+        return ids
+
+    # -- dispatch ------------------------------------------------------------------------------
+    async def claim(
+        self, conn: psycopg.AsyncConnection[Any], limit: int, lease: timedelta
+    ) -> list[Claimed]:
+        """Up to limit due deliveries, leased until now + lease (then claimable again)."""
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.execute(
+                "WITH due AS ("
+                "  SELECT id FROM knfn_deliveries"
+                "  WHERE state = 'pending' AND next_attempt_at <= clock_timestamp()"
+                "  ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+                " UPDATE knfn_deliveries d"
+                " SET attempts = d.attempts + 1, leased = true,"
+                " next_attempt_at = clock_timestamp() + %s"
+                " FROM due, knfn_events e"
+                " WHERE d.id = due.id AND e.id = d.event_id"
+                " RETURNING d.id, d.event_id, d.namespace, d.trigger, d.kind, d.destination,"
+                "  d.extensions, d.attempts, e.attributes, e.data, e.broker, e.accepted_at",
+                (limit, lease),
+            )
+            rows = await cur.fetchall()
+        return [Claimed(*row) for row in rows]
+
+    async def record(self, conn: psycopg.AsyncConnection[Any], outcomes: Sequence[Outcome]) -> None:
+        """Write the outcomes of a batch of attempts, with follow-ups and replies, at once."""
+        if not outcomes:
+            return
+        now = datetime.now(UTC)
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.execute(
+                "UPDATE knfn_deliveries d SET state = o.state, last_status = o.status,"
+                " leased = false, last_error = o.error,"
+                " next_attempt_at = coalesce(o.retry_at, d.next_attempt_at),"
+                " finished_at = CASE WHEN o.state = 'pending' THEN NULL ELSE o.now END,"
+                " latency_ms = CASE WHEN o.state = 'delivered' THEN"
+                "   extract(epoch FROM o.now - e.accepted_at) * 1000 END"
+                " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[],"
+                "  %s::timestamptz[], %s::timestamptz[])"
+                "  AS o(id, state, status, error, retry_at, now),"
+                " knfn_events e"
+                " WHERE d.id = o.id AND e.id = d.event_id",
+                (
+                    [o.delivery_id for o in outcomes],
+                    [o.state for o in outcomes],
+                    [o.status for o in outcomes],
+                    [o.error for o in outcomes],
+                    [o.retry_at for o in outcomes],
+                    [now for _ in outcomes],
+                ),
+            )
+            followups = [
+                (o.delivery_id, f) for o in outcomes for f in o.followups
+            ]  # fmt: skip
+            if followups:
+                await cur.execute(
+                    "SELECT id, event_id, namespace FROM knfn_deliveries WHERE id = ANY(%s)",
+                    ([d for d, _ in followups],),
+                )
+                origin = {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
+                await _insert_deliveries(cur, [(*origin[d], f) for d, f in followups])
+            replies = [r for o in outcomes for r in o.replies]
+            if replies:
+                await _insert(cur, replies)
+            if followups or any(o.state == "pending" for o in outcomes) or replies:
+                await cur.execute(f"NOTIFY {CHANNEL}")
+
+    async def next_due(self, conn: psycopg.AsyncConnection[Any]) -> float | None:
+        """Seconds until the earliest pending delivery is due (None: nothing pending)."""
+        row = await (
+            await conn.execute(
+                "SELECT extract(epoch FROM min(next_attempt_at) - clock_timestamp())"
+                " FROM knfn_deliveries WHERE state = 'pending'"
+            )
+        ).fetchone()
+        return None if row is None or row[0] is None else max(0.0, float(row[0]))
+
+    # -- reading -------------------------------------------------------------------------------
+    async def recent(self, conn: psycopg.AsyncConnection[Any], limit: int) -> list[dict[str, Any]]:
+        """The latest deliveries with their event's id, type and source, newest first."""
+        cur = await conn.execute(
+            "SELECT e.attributes->>'id', e.attributes->>'type', e.attributes->>'source',"
+            " d.namespace, d.trigger, d.kind, d.destination, d.attempts, d.last_status,"
+            " d.last_error, d.latency_ms, d.state, e.accepted_at"
+            " FROM knfn_deliveries d JOIN knfn_events e ON e.id = d.event_id"
+            " ORDER BY d.id DESC LIMIT %s",
+            (limit,),
+        )
+        keys = (
+            "event_id", "type", "source", "namespace", "trigger", "kind", "destination",
+            "attempts", "last_status", "last_error", "latency_ms", "state", "accepted_at",
+        )  # fmt: skip
+        return [
+            {
+                k: (v.isoformat() if isinstance(v, datetime) else v)
+                for k, v in zip(keys, row, strict=True)
+            }
+            for row in await cur.fetchall()
+        ]
+
+    async def counts(
+        self, conn: psycopg.AsyncConnection[Any]
+    ) -> dict[tuple[str, str], dict[str, int]]:
+        """Per (namespace, trigger): deliveries by state."""
+        cur = await conn.execute(
+            "SELECT namespace, trigger, state, count(*) FROM knfn_deliveries"
+            " GROUP BY namespace, trigger, state"
+        )
+        out: dict[tuple[str, str], dict[str, int]] = {}
+        for ns, trigger, state, n in await cur.fetchall():
+            out.setdefault((ns, trigger), {})[state] = int(n)
+        return out

@@ -1,0 +1,307 @@
+"""Knative Eventing behaviour of `knfn dev`: the broker, triggers, retries, dead letters, replies,
+and durability across `kill -9`. knfn runs as a subprocess on a project whose triggers send to
+a recording HTTP server run by the test (subscribers by `uri`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.support import free_port
+
+KNFN = str(Path(sys.executable).parent / "knfn")
+pytestmark = pytest.mark.slow
+BROKER = "broker-ingress.knative-eventing.svc.cluster.local"
+
+
+@dataclass
+class Recorder:
+    """A real HTTP server on a loopback port recording every delivery, answering by script."""
+
+    port: int = field(default_factory=free_port)
+    calls: dict[str, list[tuple[float, dict[str, str], bytes]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    script: dict[str, list[int]] = field(default_factory=dict)
+    delay: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        path = request.path.strip("/")
+        self.calls[path].append((time.monotonic(), dict(request.headers), body))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if path == "reply":
+            return web.Response(
+                status=200,
+                body=b'{"answer": 42}',
+                headers={
+                    "ce-specversion": "1.0",
+                    "ce-id": "answer-" + request.headers.get("ce-id", ""),
+                    "ce-source": "/recorder",
+                    "ce-type": "test.answer",
+                    "Content-Type": "application/json",
+                },
+            )
+        if path == "garbage":
+            return web.Response(status=200, text="OK")
+        statuses = self.script.get(path)
+        return web.Response(status=statuses.pop(0) if statuses else 200)
+
+    def ids(self, path: str) -> set[str]:
+        return {headers.get("ce-id", "") for _, headers, _ in self.calls[path]}
+
+
+@pytest.fixture(scope="module")
+def recorder() -> Iterator[Recorder]:
+    rec = Recorder()
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    async def serve() -> web.AppRunner:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", rec.handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", rec.port).start()
+        return runner
+
+    runner = loop.run_until_complete(serve())
+    thread = threading.Thread(target=lambda: (ready.set(), loop.run_forever()), daemon=True)
+    thread.start()
+    ready.wait()
+    yield rec
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.run_until_complete(runner.cleanup())
+
+
+def manifests(rec: Recorder) -> str:
+    def trigger(name: str, type_: str, path: str, delivery: str = "") -> str:
+        return (
+            "apiVersion: eventing.knative.dev/v1\nkind: Trigger\n"
+            f"metadata: {{name: {name}, namespace: default}}\n"
+            f"spec:\n  broker: default\n  filter: {{attributes: {{type: {type_}}}}}\n"
+            f"  subscriber: {{uri: '{rec.url}/{path}'}}\n{delivery}"
+        )
+
+    broker = (
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\n"
+        "metadata: {name: default, namespace: default}\n"
+        "spec:\n  delivery:\n    retry: 2\n    backoffPolicy: exponential\n"
+        f"    backoffDelay: PT0.3S\n    deadLetterSink: {{uri: '{rec.url}/dls'}}\n"
+    )
+    docs = [
+        broker,
+        trigger("durable", "test.durable", "durable"),
+        trigger("flaky", "test.flaky", "flaky"),
+        trigger("refused", "test.refused", "refused"),
+        trigger("garbage", "test.garbage", "garbage"),
+        trigger("ask", "test.ask", "reply"),
+        trigger("answers", "test.answer", "answers"),
+    ]
+    return "---\n".join(docs)
+
+
+@dataclass
+class Knfn:
+    project: Path
+    port: int
+    admin_port: int
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        path = self.project / "dev.log"
+        offset = path.stat().st_size if path.exists() else 0
+        log = open(path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [KNFN, "--project-dir", str(self.project), "dev",
+             "--port", str(self.port), "--admin-port", str(self.admin_port)],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while b"ready; Ctrl-C" not in path.read_bytes()[offset:]:
+            assert self.proc.poll() is None, path.read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+
+    def admin(self, path: str) -> Any:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}") as resp:
+            return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def knfn(tmp_path_factory: pytest.TempPathFactory, recorder: Recorder) -> Iterator[Knfn]:
+    project = tmp_path_factory.mktemp("eventing")
+    base = project / "knative" / "base"
+    base.mkdir(parents=True)
+    (base / "kustomization.yaml").write_text("resources: [eventing.yaml]\n")
+    (base / "eventing.yaml").write_text(manifests(recorder))
+    (project / "functions").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "S3_ENDPOINT_URL")}
+    env.update(KNFN_PG_PORT=str(free_port()), KNFN_S3_PORT=str(free_port()))
+    running = Knfn(project, free_port(), free_port(), env)
+    running.start()
+    yield running
+    running.stop()
+    subprocess.run([KNFN, "--project-dir", str(project), "services", "down"], env=env, check=False)
+
+
+async def post_events(port: int, events: list[dict[str, str]], clients: int = 1) -> list[int]:
+    """Binary-mode POSTs to the broker through the gateway; the statuses, in order."""
+    statuses = [0] * len(events)
+    queue = list(enumerate(events))
+    url = f"http://127.0.0.1:{port}/default/default"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def worker() -> None:
+            while queue:
+                i, attrs = queue.pop(0)
+                headers = {f"ce-{k}": v for k, v in attrs.items()}
+                headers.update({"Host": BROKER, "Content-Type": "application/json"})
+                try:
+                    async with session.post(url, data=b'{"n": 1}', headers=headers) as resp:
+                        statuses[i] = resp.status
+                except aiohttp.ClientError:
+                    statuses[i] = -1
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    return statuses
+
+
+def event(type_: str, id_: str) -> dict[str, str]:
+    return {"specversion": "1.0", "id": id_, "source": "/tests", "type": type_}
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_retries_follow_backoff_then_succeed(knfn: Knfn, recorder: Recorder) -> None:
+    """500, 500, 200: three deliveries, waits of backoffDelay x1 then x2 (0.3 s, 0.6 s)."""
+    recorder.script["flaky"] = [500, 500, 200]
+    assert asyncio.run(post_events(knfn.port, [event("test.flaky", "f1")])) == [202]
+    wait_for("three attempts", lambda: len(recorder.calls["flaky"]) == 3)
+    times = [t for t, _, _ in recorder.calls["flaky"]]
+    assert times[1] - times[0] == pytest.approx(0.3, abs=0.2)
+    assert times[2] - times[1] == pytest.approx(0.6, abs=0.25)
+    time.sleep(0.5)
+    assert len(recorder.calls["flaky"]) == 3 and recorder.ids("dls") == set()
+
+
+def test_400_is_not_retried_and_goes_to_the_dead_letter_sink(
+    knfn: Knfn, recorder: Recorder
+) -> None:
+    """A 400 is final: one attempt, then the dead-letter sink gets it with the error extensions."""
+    recorder.script["refused"] = [400]
+    asyncio.run(post_events(knfn.port, [event("test.refused", "r1")]))
+    wait_for("dead letter", lambda: "r1" in recorder.ids("dls"))
+    assert len(recorder.calls["refused"]) == 1
+    _, headers, _ = next(c for c in recorder.calls["dls"] if c[1].get("ce-id") == "r1")
+    assert headers["ce-knativeerrordest"] == f"{recorder.url}/refused"
+    assert headers["ce-knativeerrorcode"] == "400"
+    assert "ce-knativebrokerttl" not in headers
+
+
+def test_retries_exhausted_dead_letter_after_three_attempts(knfn: Knfn, recorder: Recorder) -> None:
+    """Always 500 with retry 2: three attempts, then the dead letter with code and data."""
+    recorder.script["flaky"] = [500, 500, 500]
+    asyncio.run(post_events(knfn.port, [event("test.flaky", "f2")]))
+    wait_for("dead letter", lambda: "f2" in recorder.ids("dls"))
+    assert sum(1 for c in recorder.calls["flaky"] if c[1].get("ce-id") == "f2") == 3
+    _, headers, _ = next(c for c in recorder.calls["dls"] if c[1].get("ce-id") == "f2")
+    assert headers["ce-knativeerrorcode"] == "500" and "ce-knativeerrordata" in headers
+
+
+def test_non_cloudevent_reply_is_a_failed_delivery(knfn: Knfn, recorder: Recorder) -> None:
+    """A 200 whose body is not a CloudEvent ("OK") is a failure (502) and is retried."""
+    asyncio.run(post_events(knfn.port, [event("test.garbage", "g1")]))
+    wait_for("dead letter", lambda: "g1" in recorder.ids("dls"))
+    assert len(recorder.calls["garbage"]) == 3
+    _, headers, _ = next(c for c in recorder.calls["dls"] if c[1].get("ce-id") == "g1")
+    assert headers["ce-knativeerrorcode"] == "502"
+
+
+def test_reply_event_re_enters_the_broker(knfn: Knfn, recorder: Recorder) -> None:
+    """A CloudEvent in a 2xx reply is published to the broker and reaches its own trigger."""
+    asyncio.run(post_events(knfn.port, [event("test.ask", "q1")]))
+    wait_for("the answer", lambda: "answer-q1" in recorder.ids("answers"))
+    _, headers, body = recorder.calls["answers"][-1]
+    assert headers["ce-type"] == "test.answer" and json.loads(body) == {"answer": 42}
+
+
+def test_events_and_status_report_deliveries(knfn: Knfn) -> None:
+    """/events lists deliveries with attempts and state; /status shows triggers and counts."""
+    events = knfn.admin("/events?limit=200")["events"]
+    flaky = next(e for e in events if e["event_id"] == "f1" and e["trigger"] == "flaky")
+    assert (flaky["attempts"], flaky["state"], flaky["last_status"]) == (3, "delivered", 200)
+    assert flaky["type"] == "test.flaky" and flaky["latency_ms"] > 0
+    status = knfn.admin("/status")
+    [broker] = status["brokers"]
+    assert broker["address"] == f"http://{BROKER}/default/default"
+    refused = next(t for t in broker["triggers"] if t["name"] == "refused")
+    assert refused["dead_lettered"] >= 1
+
+
+def test_kill_9_loses_no_accepted_event(knfn: Knfn, recorder: Recorder) -> None:
+    """10,000 events to a slow subscriber, kill -9 of knfn half-way, restart: every event
+    answered 202 is delivered at least once (counted by id)."""
+    recorder.delay = 0.002
+    events = [event("test.durable", f"d{i}") for i in range(10_000)]
+
+    async def send_and_kill() -> list[int]:
+        task = asyncio.create_task(post_events(knfn.port, events, clients=16))
+        while sum(1 for c in recorder.calls["durable"]) < 200:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        knfn.kill9()
+        return await task
+
+    statuses = asyncio.run(send_and_kill())
+    accepted = {events[i]["id"] for i, s in enumerate(statuses) if s == 202}
+    assert 0 < len(accepted) < 10_000, len(accepted)
+    delivered_before = len(recorder.ids("durable"))
+    recorder.delay = 0.0
+    knfn.start()
+    wait_for(
+        "every accepted event",
+        lambda: accepted <= recorder.ids("durable"),
+        timeout=120,
+    )
+    assert delivered_before < len(accepted)
