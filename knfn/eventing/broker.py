@@ -27,9 +27,9 @@ import aiohttp
 import psycopg
 from aiohttp import web
 from yarl import URL
-from knfn.eventing.cloudevent import Event, InvalidEvent
 
 from knfn.eventing import cloudevent, delivery
+from knfn.eventing.cloudevent import Event, InvalidEvent
 from knfn.eventing.config import EventingConfig
 from knfn.eventing.store import Accept, Claimed, EventStore, NewDelivery, Outcome, StoreUnavailable
 from knfn.routing import parse_host

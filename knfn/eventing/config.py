@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from knfn.eventing.delivery import DeliverySpec
-
 from knfn.errors import KnfnError
 from knfn.eventing import delivery, filters
+from knfn.eventing.delivery import DeliverySpec
 from knfn.manifests import ManifestError, Manifests
 from knfn.routing import BROKER_INGRESS
 
