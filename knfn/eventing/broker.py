@@ -233,7 +233,9 @@ class Dispatcher:
             retry_at = datetime.fromtimestamp(self._clock() + wait, UTC)
             return Outcome(claimed.id, "pending", status, error, retry_at=retry_at)
         if claimed.kind == "subscriber" and dead_letter_url:
-            extensions = delivery.dead_letter_extensions(claimed.destination, status, body)
+            extensions = delivery.dead_letter_extensions(
+                claimed.destination, status, body, error=error
+            )
             dead = NewDelivery(claimed.trigger, dead_letter_url, "dead-letter", extensions)
             return Outcome(claimed.id, "dead", status, error, followups=[dead])
         return Outcome(claimed.id, "failed", status, error)
