@@ -40,6 +40,8 @@ class Recorder:
     )
     script: dict[str, list[int]] = field(default_factory=dict)
     delay: float = 0.0
+    # With a delay, requests are answered one at a time: a subscriber that falls behind.
+    serial: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def url(self) -> str:
@@ -50,7 +52,8 @@ class Recorder:
         path = request.path.strip("/")
         self.calls[path].append((time.monotonic(), dict(request.headers), body))
         if self.delay:
-            await asyncio.sleep(self.delay)
+            async with self.serial:
+                await asyncio.sleep(self.delay)
         if path == "reply":
             return web.Response(
                 status=200,
@@ -279,6 +282,61 @@ def test_events_and_status_report_deliveries(knfn: Knfn) -> None:
     assert refused["dead_lettered"] >= 1
 
 
+def ingress(
+    knfn: Knfn, method: str, path: str, headers: dict[str, str], body: bytes
+) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{knfn.port}{path}", data=body or None, method=method,
+        headers={"Host": BROKER, **headers},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+BINARY = {"ce-specversion": "1.0", "ce-id": "x1", "ce-source": "/t", "ce-type": "test.none"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "fragment"),
+    [
+        ({k: v for k, v in BINARY.items() if k != "ce-id"}, b"", "id"),
+        ({**BINARY, "ce-source": ""}, b"", "source"),
+        ({**BINARY, "ce-specversion": "0.2"}, b"", "specversion"),
+        ({**BINARY, "ce-Bad_Name": "v"}, b"", "bad_name"),
+        (
+            {"Content-Type": "application/cloudevents+json"},
+            b'{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data_base64":"AA=="}',
+            "data_base64",
+        ),
+        ({"Content-Type": "application/cloudevents-batch+json"}, b"[]", "batch"),
+        ({"Content-Type": "application/cloudevents+json"}, b"{not json", "JSON"),
+        ({**BINARY, "ce-knativebrokerttl": "0"}, b"", "knativebrokerttl"),
+    ],
+)
+def test_invalid_events_get_400_with_the_reason(
+    knfn: Knfn, headers: dict[str, str], body: bytes, fragment: str
+) -> None:
+    """Each invalid event is refused with 400 and a JSON error naming the problem."""
+    status, text = ingress(knfn, "POST", "/default/default", headers, body)
+    assert status == 400, text
+    assert fragment.lower() in json.loads(text)["error"].lower()
+
+
+def test_ingress_methods_and_unknown_broker(knfn: Knfn) -> None:
+    """OPTIONS 200, GET 405, an unknown broker 404, a valid event 202."""
+    assert ingress(knfn, "OPTIONS", "/default/default", {}, b"")[0] == 200
+    assert ingress(knfn, "GET", "/default/default", {}, b"")[0] == 405
+    status, text = ingress(knfn, "POST", "/default/nope", BINARY, b"")
+    assert status == 404 and "/default/default" in text
+    assert ingress(knfn, "POST", "/default/default", BINARY, b"")[0] == 202
+
+
 def test_kill_9_loses_no_accepted_event(knfn: Knfn, recorder: Recorder) -> None:
     """10,000 events to a slow subscriber, kill -9 of knfn half-way, restart: every event
     answered 202 is delivered at least once (counted by id)."""
@@ -305,3 +363,13 @@ def test_kill_9_loses_no_accepted_event(knfn: Knfn, recorder: Recorder) -> None:
         timeout=120,
     )
     assert delivered_before < len(accepted)
+
+
+def test_postgres_down_answers_503_never_202(knfn: Knfn) -> None:
+    """With the database gone, the ingress refuses with 503: nothing is acknowledged unstored."""
+    state = json.loads((knfn.project / ".knfn" / "services.json").read_text())
+    os.kill(state["postgres"]["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    status, text = ingress(knfn, "POST", "/default/default", BINARY, b"")
+    assert status == 503, text
+    assert "database" in json.loads(text)["error"]
