@@ -201,6 +201,80 @@ def status_command(as_json: bool, admin_port: int) -> None:
     click.echo(json.dumps(data, indent=2) if as_json else status.table(data))
 
 
+@main.command("invoke")
+@click.argument("target")
+@click.option(
+    "--port",
+    envvar="KNFN_PORT",
+    type=int,
+    default=8080,
+    show_default=True,
+    help="The gateway's port (env KNFN_PORT).",
+)
+@click.option("-X", "--method", help="[default: GET; POST with --data, --event or a broker]")
+@click.option("--path", help="Path (and query) on a Service [default: /].")
+@click.option(
+    "-H", "--header", "headers", multiple=True, metavar="'NAME: VALUE'", help="Repeatable."
+)
+@click.option("-d", "--data", metavar="TEXT|@FILE|@-", help="The body: text, a file or stdin.")
+@click.option("--content-type", help="[default: from the file name, else JSON, text or bytes]")
+@click.option("--event", is_flag=True, help="Send a CloudEvent (POST, binary mode).")
+@click.option("--type", "type_", metavar="TYPE", help="The event's type (with --event).")
+@click.option("--source", help="The event's source (with --event).")
+@click.option("--id", "event_id", metavar="ID", help="The event's id [default: a new UUID].")
+@click.option("--subject", help="The event's subject.")
+@click.option("--extension", "extensions", multiple=True, metavar="NAME=VALUE", help="Repeatable.")
+@click.option("--structured", is_flag=True, help="Structured mode (application/cloudevents+json).")
+@click.option("-q", "--quiet", is_flag=True, help="Print the body only.")
+@click.option("-v", "--verbose", is_flag=True, help="Print the request's headers on stderr.")
+@click.option(
+    "--timeout",
+    envvar="KNFN_INVOKE_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for the answer, a cold start included (env KNFN_INVOKE_TIMEOUT).",
+)
+@handle_errors
+def invoke_command(
+    target: str,
+    port: int,
+    method: str | None,
+    path: str | None,
+    headers: tuple[str, ...],
+    data: str | None,
+    content_type: str | None,
+    event: bool,
+    type_: str | None,
+    source: str | None,
+    event_id: str | None,
+    subject: str | None,
+    extensions: tuple[str, ...],
+    structured: bool,
+    quiet: bool,
+    verbose: bool,
+    timeout: float,
+) -> None:
+    """Send an HTTP request or a CloudEvent to a Service or a broker through the gateway.
+
+    TARGET is a Service (hello, hello.default, http://hello.default.svc.cluster.local/path) or
+    a broker (broker:default, broker:<namespace>/<name>, or its URL). Prints the status line,
+    the headers and the body; exits 0 for a 2xx answer, 1 otherwise, 2 for a usage error.
+    """
+    from functools import partial
+
+    from knfn import invoke
+
+    payload = invoke.read_data(data, sys.stdin.buffer) if data is not None else None
+    options = invoke.Options(
+        target=target, port=port, method=method, path=path, headers=headers, data=payload,
+        content_type=content_type, event=event, type=type_, source=source, id=event_id,
+        subject=subject, extensions=extensions, structured=structured,
+    )  # fmt: skip
+    out, err = partial(click.echo, nl=False), partial(click.echo, err=True)
+    sys.exit(invoke.run(options, timeout=timeout, quiet=quiet, verbose=verbose, out=out, err=err))
+
+
 @main.command("reset")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_settings

@@ -29,7 +29,6 @@ from knfn.kpa import Autoscaler
 from knfn.logs import Printer
 from knfn.replica_env import SecretValues
 from knfn.revisions import RevisionStore
-from knfn.routing import BROKER_INGRESS_TARGET
 from knfn.serving import Caps, Context, Serving
 from knfn.settings import Settings
 
@@ -131,14 +130,13 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
             backing.knfn_database_url,
             brokers,
             f"http://127.0.0.1:{options.port}",
+            lambda message: say.line("knfn", message),
             dispatchers=options.dispatchers,
         )
         await eventing.start()
 
         # 5. The gateway (with the broker ingress at its Knative address) and the admin API.
-        gateway = Gateway(
-            serving.route, serving.known_hosts, {BROKER_INGRESS_TARGET: eventing.ingress.handle}
-        )
+        gateway = Gateway(serving.route, serving.known_hosts, eventing.local)
         admin_app = admin_api.build(_status(serving, eventing), eventing.events)
         for app, port in ((gateway.app, options.port), (admin_app, options.admin_port)):
             runner = web.AppRunner(app, access_log=None)

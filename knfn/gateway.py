@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import aiohttp
@@ -64,18 +64,18 @@ class Backend(Protocol):
 class Gateway:
     """An aiohttp application proxying to whatever ``route(target)`` names.
 
-    ``local`` maps a few hosts to handlers served in this process (the broker ingress).
+    ``local`` names the hosts served in this process (the broker ingress, flows) by handler.
     """
 
     def __init__(
         self,
         route: Callable[[Target], Backend | None],
         known: Callable[[], list[str]],
-        local: Mapping[Target, Handler] | None = None,
+        local: Callable[[Target], Handler | None] = lambda _: None,
     ) -> None:
         self._route = route
         self._known = known
-        self._local = dict(local or {})
+        self._local = local
         self._session: aiohttp.ClientSession | None = None
         self.app = web.Application(client_max_size=0)
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -95,9 +95,13 @@ class Gateway:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         target = parse_host(request.url.host or request.host)
-        if target is not None and target in self._local:
-            return await self._local[target](request)
-        backend = self._route(target) if target is not None else None
+        if target is None:
+            return _error(404, f"no Knative Service for host {request.host!r}",
+                          services=self._known())  # fmt: skip
+        handler = self._local(target)
+        if handler is not None:
+            return await handler(request)
+        backend = self._route(target)
         if backend is None:
             return _error(
                 404, f"no Knative Service for host {request.host!r}", services=self._known()

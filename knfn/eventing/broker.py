@@ -18,32 +18,23 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
 import psycopg
 from aiohttp import web
-from yarl import URL
 
 from knfn.eventing import cloudevent, delivery
 from knfn.eventing.cloudevent import Event, InvalidEvent
 from knfn.eventing.config import EventingConfig
+from knfn.eventing.sending import DEFAULT_ATTEMPT_TIMEOUT, Sender
 from knfn.eventing.store import Accept, Claimed, EventStore, NewDelivery, Outcome, StoreUnavailable
-from knfn.routing import parse_host
 
 DEFAULT_TTL = 255
 TTL = "knativebrokerttl"
 ARRIVAL = "knativearrivaltime"
-# Without a delivery timeout, an attempt may take as long as a revision's longest timeout.
-DEFAULT_ATTEMPT_TIMEOUT = 600.0
 NOT_A_CLOUDEVENT = "received a non-empty response that is not a CloudEvent"
-
-# (status or None for no answer, response headers, response body, error text)
-SendResult = tuple[int | None, Mapping[str, str], bytes, str | None]
-Sender = Callable[[str, Mapping[str, str], bytes, float], Awaitable[SendResult]]
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -102,34 +93,6 @@ class Ingress:
         except StoreUnavailable as exc:
             return _error(503, str(exc))
         return web.Response(status=202)
-
-
-@dataclass(frozen=True)
-class Gatewayed:
-    """Sends deliveries: cluster URLs through the gateway (by Host header), others directly."""
-
-    session: aiohttp.ClientSession
-    gateway: str
-
-    async def __call__(
-        self, url: str, headers: Mapping[str, str], body: bytes, timeout: float
-    ) -> SendResult:
-        target = url
-        send_headers = dict(headers)
-        parsed = URL(url)
-        if parsed.host and parse_host(parsed.host) is not None:
-            target = self.gateway + parsed.path_qs
-            send_headers["Host"] = parsed.host
-        try:
-            async with self.session.post(
-                target,
-                data=body,
-                headers=send_headers,
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            ) as resp:
-                return resp.status, dict(resp.headers), await resp.read(), None
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            return None, {}, b"", f"{exc.__class__.__name__}: {exc}"
 
 
 class Dispatcher:

@@ -8,13 +8,14 @@ one that exists. Every problem stops start-up naming the file, the object and th
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from knfn.errors import KnfnError
-from knfn.eventing import delivery, filters
+from knfn.eventing import delivery, filters, flows, ping
 from knfn.eventing.delivery import DeliverySpec
+from knfn.eventing.flows import Flows
 from knfn.manifests import ManifestError, Manifests
 from knfn.routing import BROKER_INGRESS
 
@@ -49,6 +50,8 @@ class Trigger:
 class EventingConfig:
     brokers: Mapping[tuple[str, str], Broker]
     triggers: tuple[Trigger, ...]
+    flows: Flows = field(default_factory=Flows)
+    pings: tuple[ping.PingSource, ...] = ()
 
     def triggers_of(self, namespace: str, broker: str) -> list[Trigger]:
         return [t for t in self.triggers if (t.namespace, t.broker) == (namespace, broker)]
@@ -60,12 +63,9 @@ class EventingConfig:
 def _check_ref(
     m: Manifests, path: Path, label: str, fld: str, dest: delivery.Destination, ns: str
 ) -> str:
-    """The destination's URL; a Service or Broker it names must exist in the manifests."""
-    target_ns = dest.ref_namespace or ns
-    if dest.ref_kind == "Service" and m.service(target_ns, dest.ref_name or "") is None:
-        raise ManifestError(path, label, fld, f"no Service {target_ns}/{dest.ref_name}")
+    """The destination's URL; a Service, Broker or flow it names must exist in the manifests."""
     try:
-        return dest.url(ns)
+        return flows.destination_url(m, dest, ns)
     except ValueError as exc:
         raise ManifestError(path, label, fld, str(exc)) from exc
 
@@ -93,7 +93,7 @@ def load(m: Manifests) -> EventingConfig:
         elif doc.get("kind") == "Trigger":
             raw_triggers.append((path, doc))
     triggers = tuple(_trigger(m, brokers, path, doc) for path, doc in raw_triggers)
-    return EventingConfig(brokers, triggers)
+    return EventingConfig(brokers, triggers, flows.index(m), tuple(ping.load(m)))
 
 
 def _trigger(

@@ -122,6 +122,13 @@ def manifests(rec: Recorder) -> str:
         trigger("garbage", "test.garbage", "garbage"),
         trigger("ask", "test.ask", "reply"),
         trigger("answers", "test.answer", "answers"),
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\n"
+        "metadata: {name: to-sequence, namespace: default}\n"
+        "spec:\n  broker: default\n  filter: {attributes: {type: test.seq}}\n"
+        "  subscriber: {ref: {apiVersion: flows.knative.dev/v1, kind: Sequence, name: chain}}\n",
+        "apiVersion: flows.knative.dev/v1\nkind: Sequence\n"
+        "metadata: {name: chain, namespace: default}\n"
+        f"spec:\n  steps:\n    - {{uri: '{rec.url}/reply'}}\n    - {{uri: '{rec.url}/step2'}}\n",
     ]
     return "---\n".join(docs)
 
@@ -266,6 +273,14 @@ def test_reply_event_re_enters_the_broker(knfn: Knfn, recorder: Recorder) -> Non
     asyncio.run(post_events(knfn.port, [event("test.ask", "q1")]))
     wait_for("the answer", lambda: "answer-q1" in recorder.ids("answers"))
     _, headers, body = recorder.calls["answers"][-1]
+    assert headers["ce-type"] == "test.answer" and json.loads(body) == {"answer": 42}
+
+
+def test_trigger_to_a_sequence_chains_the_steps(knfn: Knfn, recorder: Recorder) -> None:
+    """A Trigger whose subscriber is a Sequence: step 1's reply event is what step 2 receives."""
+    asyncio.run(post_events(knfn.port, [event("test.seq", "s1")]))
+    wait_for("step 2", lambda: "answer-s1" in recorder.ids("step2"))
+    _, headers, body = recorder.calls["step2"][-1]
     assert headers["ce-type"] == "test.answer" and json.loads(body) == {"answer": 42}
 
 
