@@ -13,18 +13,23 @@ import sys
 from collections.abc import Sequence
 
 import coldstart
+import eventing
 import gateway
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--duration", default="6", help="seconds per wrk run (gateway) [6]")
+    parser.add_argument(
+        "--duration", default="6", help="seconds per wrk run (gateway, eventing) [6]"
+    )
     parser.add_argument("--rounds", default="1", help="wrk rounds, medians (gateway) [1]")
     parser.add_argument("--runs", default="20", help="cold starts measured (coldstart) [20]")
     args = parser.parse_args(argv)
     codes = [gateway.main(["--duration", args.duration, "--rounds", args.rounds])]
     print()
     codes.append(coldstart.main(["--runs", args.runs]))
+    print()
+    codes.append(eventing.main(["--duration", args.duration]))
     return max(codes)
 
 

@@ -170,7 +170,7 @@ def admin_buckets(settings: Settings, names: tuple[str, ...]) -> None:
     "--dispatchers",
     envvar="KNFN_DISPATCHERS",
     type=click.IntRange(1, 64),
-    default=2,
+    default=1,
     show_default=True,
     help="Broker dispatchers claiming deliveries in parallel (env KNFN_DISPATCHERS).",
 )

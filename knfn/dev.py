@@ -41,7 +41,7 @@ class DevOptions:
     admin_port: int
     watch: bool
     host_env: Mapping[str, str]
-    dispatchers: int = 2
+    dispatchers: int = 1
 
 
 def _status(serving: Serving, eventing: Eventing) -> admin_api.Status:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,11 @@ class EventingConfig:
         return [t for t in self.triggers if (t.namespace, t.broker) == (namespace, broker)]
 
     def trigger(self, namespace: str, name: str) -> Trigger | None:
-        return next((t for t in self.triggers if (t.namespace, t.name) == (namespace, name)), None)
+        return self._by_name.get((namespace, name))
+
+    @cached_property
+    def _by_name(self) -> dict[tuple[str, str], Trigger]:
+        return {(t.namespace, t.name): t for t in self.triggers}
 
 
 def _check_ref(

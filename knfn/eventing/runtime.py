@@ -27,7 +27,7 @@ class Eventing:
         config: EventingConfig,
         gateway: str,
         report: Callable[[str], None],
-        dispatchers: int = 2,
+        dispatchers: int = 1,
     ) -> None:
         self.config = config
         self._url = database_url
