@@ -302,6 +302,11 @@ def test_crashed_replica_gives_502_and_is_replaced(dev: Dev) -> None:
 
     [(status, body)] = asyncio.run(crash_during_load())
     assert status == 502 and b"limited-00001 failed" in body
+    dev.wait_for(
+        "a replacement replica",
+        lambda: dev.revisions("limited")["limited-00001"]["ready_replicas"] == 1,
+        timeout=30,
+    )
     [(after, _)] = asyncio.run(load(dev, "limited.default", "/?sleep=1", 1, each=1))
     assert after == 200
 
