@@ -57,6 +57,7 @@ from harness import (
     http_get,
     machine,
     percentile,
+    serve_until_sigterm,
     table,
     wait_until,
 )
@@ -155,13 +156,7 @@ async def subscriber(port: int) -> None:
     app.router.add_get("/wait", wait)
     app.router.add_get("/take", take)
     app.router.add_post("/{tail:.*}", deliver)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_sigterm(app, port)
 
 
 @dataclass

@@ -19,7 +19,6 @@ never asserted: compare the ratios, taken in one run, not the absolute numbers.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import shutil
@@ -34,7 +33,16 @@ from pathlib import Path
 import aiohttp
 import uvloop
 from aiohttp import web
-from harness import BenchError, KnfnDev, free_port, http_get, machine, table, wait_until
+from harness import (
+    BenchError,
+    KnfnDev,
+    free_port,
+    http_get,
+    machine,
+    serve_until_sigterm,
+    table,
+    wait_until,
+)
 
 HOST = "hello.default.localhost"
 CONNECTIONS = (1, 50)
@@ -86,13 +94,7 @@ async def plain_proxy(port: int, upstream: str) -> None:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forward)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_sigterm(app, port)
     await session.close()
 
 

@@ -7,6 +7,7 @@ while it stops its replicas and backing services.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -21,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from aiohttp import web
 
 from knfn.ports import free_port
 
@@ -233,3 +236,14 @@ class KnfnDev:
             if chosen is not None:
                 return chosen
         raise BenchError(f"/status has no revision of {service}.{namespace}")
+
+
+async def serve_until_sigterm(app: web.Application, port: int) -> None:
+    """Serve app on 127.0.0.1:port until this process gets SIGTERM (helper processes)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await runner.cleanup()

@@ -64,6 +64,24 @@ def main(ctx: click.Context, project_dir: Path, state_dir: Path | None) -> None:
 
 pass_settings = click.make_pass_decorator(Settings)
 
+# The two ports every command that talks to a running `knfn dev` shares, bound once.
+gateway_port = click.option(
+    "--port",
+    envvar="KNFN_PORT",
+    type=int,
+    default=8080,
+    show_default=True,
+    help="The gateway's port (env KNFN_PORT).",
+)
+admin_port_option = click.option(
+    "--admin-port",
+    envvar="KNFN_ADMIN_PORT",
+    type=int,
+    default=8081,
+    show_default=True,
+    help="The admin API's port on 127.0.0.1: /status, /metrics, /events (env KNFN_ADMIN_PORT).",
+)
+
 
 @main.group("services")
 def services_group() -> None:
@@ -149,22 +167,8 @@ def admin_buckets(settings: Settings, names: tuple[str, ...]) -> None:
 
 
 @main.command("dev")
-@click.option(
-    "--port",
-    envvar="KNFN_PORT",
-    type=int,
-    default=8080,
-    show_default=True,
-    help="Gateway port (env KNFN_PORT).",
-)
-@click.option(
-    "--admin-port",
-    envvar="KNFN_ADMIN_PORT",
-    type=int,
-    default=8081,
-    show_default=True,
-    help="Admin API port on 127.0.0.1: /status, /metrics, / (env KNFN_ADMIN_PORT).",
-)
+@gateway_port
+@admin_port_option
 @click.option("--watch", is_flag=True, help="Make a new revision when code or manifests change.")
 @click.option(
     "--dispatchers",
@@ -191,7 +195,7 @@ def dev_command(
 
 @main.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON of /status.")
-@click.option("--admin-port", envvar="KNFN_ADMIN_PORT", type=int, default=8081, show_default=True)
+@admin_port_option
 @handle_errors
 def status_command(as_json: bool, admin_port: int) -> None:
     """Services and revisions of a running `knfn dev`: traffic, desired and ready replicas."""
@@ -203,14 +207,7 @@ def status_command(as_json: bool, admin_port: int) -> None:
 
 @main.command("invoke")
 @click.argument("target")
-@click.option(
-    "--port",
-    envvar="KNFN_PORT",
-    type=int,
-    default=8080,
-    show_default=True,
-    help="The gateway's port (env KNFN_PORT).",
-)
+@gateway_port
 @click.option("-X", "--method", help="[default: GET; POST with --data, --event or a broker]")
 @click.option("--path", help="Path (and query) on a Service [default: /].")
 @click.option(

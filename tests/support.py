@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from aiohttp import web
+
 from knfn.ports import free_port
 
-__all__ = ["REPO", "free_port", "running", "stop_process", "wait_http"]
+__all__ = ["REPO", "free_port", "http_server_thread", "running", "stop_process", "wait_http"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,3 +74,31 @@ def running(
         stop_process(proc)
         if log:
             out.close()  # type: ignore[union-attr]
+
+
+@contextmanager
+def http_server_thread(
+    handle: Callable[[web.Request], Awaitable[web.StreamResponse]], port: int
+) -> Iterator[None]:
+    """A real aiohttp server on a loopback port, on its own event loop in a thread, for
+    synchronous tests (a subscriber that records deliveries, say)."""
+    loop = asyncio.new_event_loop()
+
+    async def serve() -> web.AppRunner:
+        app = web.Application(client_max_size=0)
+        app.router.add_route("*", "/{tail:.*}", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner
+
+    runner = loop.run_until_complete(serve())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()

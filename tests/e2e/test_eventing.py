@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.support import free_port
+from tests.support import free_port, http_server_thread
 
 KNFN = str(Path(sys.executable).parent / "knfn")
 pytestmark = pytest.mark.slow
@@ -78,25 +77,8 @@ class Recorder:
 @pytest.fixture(scope="module")
 def recorder() -> Iterator[Recorder]:
     rec = Recorder()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    async def serve() -> web.AppRunner:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", rec.handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", rec.port).start()
-        return runner
-
-    runner = loop.run_until_complete(serve())
-    thread = threading.Thread(target=lambda: (ready.set(), loop.run_forever()), daemon=True)
-    thread.start()
-    ready.wait()
-    yield rec
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.run_until_complete(runner.cleanup())
+    with http_server_thread(rec.handle, rec.port):
+        yield rec
 
 
 def manifests(rec: Recorder) -> str:

@@ -5,14 +5,12 @@ recording HTTP server run by the test (a subscriber by `uri`).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from knfn.eventing.cloudevent import Event, from_http
-from tests.support import REPO, free_port
+from tests.support import REPO, free_port, http_server_thread
 
 KNFN = str(Path(sys.executable).parent / "knfn")
 pytestmark = pytest.mark.slow
@@ -84,23 +82,8 @@ class Recorder:
 @pytest.fixture(scope="module")
 def recorder() -> Iterator[Recorder]:
     rec = Recorder()
-    loop = asyncio.new_event_loop()
-
-    async def serve() -> web.AppRunner:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", rec.handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", rec.port).start()
-        return runner
-
-    runner = loop.run_until_complete(serve())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield rec
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.run_until_complete(runner.cleanup())
+    with http_server_thread(rec.handle, rec.port):
+        yield rec
 
 
 @dataclass(frozen=True)
