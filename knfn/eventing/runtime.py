@@ -11,6 +11,7 @@ import psycopg
 
 from knfn.eventing import broker, ping
 from knfn.eventing.config import EventingConfig
+from knfn.eventing.dispatcher import Dispatcher
 from knfn.eventing.flows import FlowIngress
 from knfn.eventing.sending import Gatewayed
 from knfn.eventing.store import EventStore
@@ -58,7 +59,7 @@ class Eventing:
             )
         )
         for _ in range(self._dispatchers):
-            dispatcher = broker.Dispatcher(self._url, self.store, lambda: self.config, send)
+            dispatcher = Dispatcher(self._url, self.store, lambda: self.config, send)
             self._tasks.append(asyncio.create_task(dispatcher.run(self._stop)))
 
     def local(self, target: Target) -> Handler | None:

@@ -13,7 +13,7 @@ import pytest
 
 from knfn import manifests
 from knfn.eventing import config as eventing_config
-from knfn.eventing.broker import Dispatcher
+from knfn.eventing.dispatcher import Dispatcher
 from knfn.eventing.sending import SendResult
 from knfn.eventing.store import Claimed, EventStore
 from knfn.manifests import ManifestError
