@@ -5,6 +5,16 @@ empty body is an acknowledgement, a 2xx with a CloudEvent is a reply that re-ent
 (with the TTL lowered by one), a 2xx with any other body is a failed delivery (502); failures
 are retried by the trigger's delivery policy and finally dead-lettered with
 ``knativeerrordest``, ``knativeerrorcode`` and ``knativeerrordata``.
+
+Isolation: every attempt runs on its own task (:class:`InFlight`), bounded overall and per
+destination, and its outcome is written as soon as it is known (writes of attempts that end
+together share a transaction). A destination at its bound is left out of the next claims, so a
+subscriber that hangs holds only its own slots and never delays another Trigger's deliveries.
+
+Stopping: claims stop first; attempts in flight may finish until the caller cuts them short.
+An attempt cut short, and any failure seen once stopping began (the gateway or a flow may be
+going away under it), is *released*: back to pending, due now, its attempt not counted. So a
+shutdown never uses up a retry or dead-letters an event.
 """
 
 from __future__ import annotations
@@ -12,8 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 
@@ -22,11 +35,120 @@ from knfn.eventing.broker import ARRIVAL, DEFAULT_TTL, NOT_A_CLOUDEVENT, TTL, fa
 from knfn.eventing.cloudevent import Event
 from knfn.eventing.config import EventingConfig
 from knfn.eventing.sending import DEFAULT_ATTEMPT_TIMEOUT, Sender
-from knfn.eventing.store import Accept, Claimed, EventStore, NewDelivery, Outcome
+from knfn.eventing.store import CHANNEL, Accept, Claimed, EventStore, NewDelivery, Outcome
+
+# A claim holds its rows this long; the lease of every held delivery is renewed well before it
+# runs out, so an attempt without a timeout is never claimed twice while it runs.
+LEASE_SECONDS = 60.0
+# How long the last outcomes and releases may take to be written once stopping.
+FLUSH_SECONDS = 5.0
+# Database gone: wait this long before connecting again (claimed work stays leased).
+RECONNECT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How many attempts run at once: in all, and to one destination (a subscriber URL)."""
+
+    total: int = 256
+    per_destination: int = 32
+    batch: int = 64
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class InFlight:
+    """Attempts in flight, each on its own task; results reported as each one ends.
+
+    ``attempt`` makes one attempt; ``done`` is told its outcome at once. A claimed delivery
+    whose destination is at its bound waits here (still leased) for a slot of that destination
+    only. :meth:`saturated` names the destinations that should not be claimed for now.
+    """
+
+    def __init__(
+        self,
+        attempt: Callable[[Claimed], Awaitable[Outcome]],
+        done: Callable[[Claimed, Outcome], None],
+        limits: Limits,
+    ) -> None:
+        self._attempt = attempt
+        self._done = done
+        self.limits = limits
+        self.held: dict[int, Claimed] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._per_destination: Counter[str] = Counter()
+        self._running: Counter[str] = Counter()
+        self._waiting: dict[str, deque[Claimed]] = {}
+        self.changed = asyncio.Event()
+
+    def room(self) -> int:
+        """How many more deliveries may be claimed now."""
+        return max(0, self.limits.total - len(self.held))
+
+    def saturated(self) -> list[str]:
+        """Destinations holding their bound: left out of claims until one of theirs ends."""
+        bound = self.limits.per_destination
+        return sorted(d for d, n in self._per_destination.items() if n >= bound)
+
+    def add(self, claimed: Claimed) -> None:
+        self.held[claimed.id] = claimed
+        self._per_destination[claimed.destination] += 1
+        if self._running[claimed.destination] < self.limits.per_destination:
+            self._start(claimed)
+        else:
+            self._waiting.setdefault(claimed.destination, deque()).append(claimed)
+
+    def _start(self, claimed: Claimed) -> None:
+        self._running[claimed.destination] += 1
+        self._tasks[claimed.id] = asyncio.create_task(self._run(claimed))
+
+    async def _run(self, claimed: Claimed) -> None:
+        outcome = await self._attempt(claimed)
+        self._end(claimed)
+        self._done(claimed, outcome)
+
+    def _end(self, claimed: Claimed) -> None:
+        destination = claimed.destination
+        del self.held[claimed.id]
+        self._tasks.pop(claimed.id, None)
+        self._running[destination] -= 1
+        self._per_destination[destination] -= 1
+        if self._per_destination[destination] <= 0:
+            del self._per_destination[destination]
+            del self._running[destination]
+        waiting = self._waiting.get(destination)
+        if waiting:
+            self._start(waiting.popleft())
+            if not waiting:
+                del self._waiting[destination]
+        self.changed.set()
+
+    async def drain(self, cut: asyncio.Event) -> list[Claimed]:
+        """Let the attempts in flight end until ``cut``; cancel the rest and return them."""
+        while self.held and not cut.is_set():
+            self.changed.clear()
+            waits = [asyncio.ensure_future(self.changed.wait()), asyncio.ensure_future(cut.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        left = list(self.held.values())
+        self.held.clear()
+        self._tasks.clear()
+        self._waiting.clear()
+        self._per_destination.clear()
+        self._running.clear()
+        return left
 
 
 class Dispatcher:
-    """Claims due deliveries in batches and attempts them concurrently."""
+    """Claims due deliveries and attempts each on its own task, within :class:`Limits`."""
 
     def __init__(
         self,
@@ -35,51 +157,161 @@ class Dispatcher:
         config: Callable[[], EventingConfig],
         send: Sender,
         *,
-        batch: int = 64,
+        limits: Limits = DEFAULT_LIMITS,
+        lease: float = LEASE_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._url = url
         self._store = store
         self._config = config
         self._send = send
-        self._batch = batch
+        self._lease = timedelta(seconds=lease)
         self._clock = clock
+        self._inflight = InFlight(self._attempt_safely, self._ended, limits)
+        self._outcomes: list[Outcome] = []
+        self._releases: list[int] = []
+        self._dirty = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.released = 0
+        self.delivered = 0
 
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self._loop(stop)
-            except (psycopg.Error, OSError):
-                # The database went away: wait and reconnect; claimed work is leased, not lost.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
+    # -- the loops -----------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event, cut: asyncio.Event) -> None:
+        """Claim and attempt until ``stop``; then let attempts end until ``cut``, release the
+        rest, and write everything still unwritten."""
+        self._stopping = stop
+        recorder = asyncio.create_task(self._record_loop())
+        try:
+            while not stop.is_set():
+                try:
+                    await self._claim_loop(stop)
+                except (psycopg.Error, OSError):
+                    # The database went away: claimed work is leased, not lost; connect again.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), RECONNECT_SECONDS)
+            # 1. No more claims; failures from here on are released, not counted (_ended).
+            # 2. Attempts in flight end by themselves, or are cut short and released.
+            cut_short = await self._inflight.drain(cut)
+            self._releases.extend(c.id for c in cut_short)
+            self._dirty.set()
+        finally:
+            # 3. The last outcomes and releases are written (bounded: the database may be gone;
+            # then the leases lapse and the next start makes the deliveries due again).
+            self._dirty.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flushed(), FLUSH_SECONDS)
+            recorder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recorder
 
-    async def _loop(self, stop: asyncio.Event) -> None:
+    async def _flushed(self) -> None:
+        while self._outcomes or self._releases:
+            self._dirty.set()
+            await asyncio.sleep(0.01)
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
         async with (
             await psycopg.AsyncConnection.connect(self._url, autocommit=True) as work,
             await psycopg.AsyncConnection.connect(self._url, autocommit=True) as listen,
         ):
-            await listen.execute(f"LISTEN {'knfn_deliveries'}")
-            while not stop.is_set():
-                lease = timedelta(seconds=self._lease_seconds())
-                claimed = await self._store.claim(work, self._batch, lease)
-                if claimed:
-                    outcomes = await asyncio.gather(*(self.attempt(c) for c in claimed))
-                    await self._store.record(work, outcomes)
-                    continue
-                due = await self._store.next_due(work)
-                wait = 1.0 if due is None else min(1.0, due)
-                if wait > 0:
-                    async for _ in listen.notifies(timeout=wait, stop_after=1):
-                        pass
+            await listen.execute(f"LISTEN {CHANNEL}")
+            listener = asyncio.create_task(self._listen(listen))
+            try:
+                while not stop.is_set():
+                    if listener.done():
+                        listener.result()  # the connection failed: reconnect
+                    await self._claim_once(work, stop)
+            finally:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
+                    await listener
 
-    def _lease_seconds(self) -> float:
-        longest = max(
-            (t.delivery.timeout or DEFAULT_ATTEMPT_TIMEOUT for t in self._config().triggers),
-            default=DEFAULT_ATTEMPT_TIMEOUT,
-        )
-        return longest + 5.0
+    async def _listen(self, listen: psycopg.AsyncConnection[Any]) -> None:
+        async for _ in listen.notifies():
+            self._wake.set()
 
+    async def _claim_once(self, work: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> None:
+        inflight = self._inflight
+        self._wake.clear()
+        inflight.changed.clear()
+        room = min(inflight.limits.batch, inflight.room())
+        skip = inflight.saturated()
+        if room > 0:
+            claimed = await self._store.claim(work, room, self._lease, skip=skip)
+            for c in claimed:
+                inflight.add(c)
+            if len(claimed) == room:
+                return
+            due = await self._store.next_due(work, skip=skip)
+            wait = 1.0 if due is None else min(1.0, due)
+        else:
+            wait = 1.0
+        if wait <= 0:
+            return
+        # Sleep until new work is notified, a slot frees (when slots are what held us back),
+        # the next retry is due, or stop.
+        waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+        if room == 0 or skip:
+            waits.append(asyncio.ensure_future(inflight.changed.wait()))
+        try:
+            await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _record_loop(self) -> None:
+        """Write outcomes and releases as they come, renewing the leases of held deliveries."""
+        renew_every = self._lease.total_seconds() / 3
+        conn: psycopg.AsyncConnection[Any] | None = None
+        last_renewal = time.monotonic()
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), renew_every)
+                self._dirty.clear()
+                outcomes, self._outcomes = self._outcomes, []
+                releases, self._releases = self._releases, []
+                try:
+                    if conn is None or conn.closed:
+                        conn = await psycopg.AsyncConnection.connect(
+                            self._url, autocommit=True, connect_timeout=2
+                        )
+                    if outcomes:
+                        await self._store.record(conn, outcomes)
+                    if releases:
+                        await self._store.release(conn, releases)
+                        self.released += len(releases)
+                    if time.monotonic() - last_renewal >= renew_every:
+                        await self._store.renew(conn, list(self._inflight.held), self._lease)
+                        last_renewal = time.monotonic()
+                except (psycopg.Error, OSError):
+                    # Kept for the next round; the leases keep the rows from being claimed.
+                    self._outcomes[:0] = outcomes
+                    self._releases[:0] = releases
+                    conn = None
+                    await asyncio.sleep(RECONNECT_SECONDS)
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    def _ended(self, claimed: Claimed, outcome: Outcome) -> None:
+        if self._stopping.is_set() and outcome.state != "delivered":
+            self._releases.append(claimed.id)
+        else:
+            self._outcomes.append(outcome)
+            self.delivered += outcome.state == "delivered"
+        self._dirty.set()
+
+    async def _attempt_safely(self, claimed: Claimed) -> Outcome:
+        try:
+            return await self.attempt(claimed)
+        except Exception as exc:  # a defect must not lose the delivery: retry it later
+            retry_at = datetime.fromtimestamp(self._clock() + 10.0, UTC)
+            error = f"{exc.__class__.__name__}: {exc}"
+            return Outcome(claimed.id, "pending", None, error, retry_at=retry_at)
+
+    # -- one attempt ---------------------------------------------------------------------------
     async def attempt(self, claimed: Claimed) -> Outcome:
         """Deliver once; decide delivered, retry later, dead-letter or give up."""
         config = self._config()

@@ -1,17 +1,25 @@
-"""Eventing on one machine: the broker's store, its ingress and its dispatchers, as one unit."""
+"""Eventing on one machine: the broker's store, its ingress and its dispatchers, as one unit.
+
+Stopping is in two calls, so that the caller orders them around the gateway: :meth:`drain`
+makes the broker ingress and the flows answer 503 (nothing more is accepted), then
+:meth:`stop` ends the dispatchers (attempts in flight may finish within a grace; the rest are
+released, never counted as failed), PingSources, and the store.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import psycopg
+from aiohttp import web
 
 from knfn.eventing import broker, ping
 from knfn.eventing.config import EventingConfig
-from knfn.eventing.dispatcher import Dispatcher
+from knfn.eventing.dispatcher import DEFAULT_LIMITS, Dispatcher, Limits
 from knfn.eventing.flows import FlowIngress
 from knfn.eventing.sending import Gatewayed
 from knfn.eventing.store import EventStore
@@ -29,18 +37,23 @@ class Eventing:
         gateway: str,
         report: Callable[[str], None],
         dispatchers: int = 1,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.config = config
         self._url = database_url
         self._gateway = gateway
         self._dispatchers = dispatchers
+        self._limits = limits
+        self.draining = False
         self._report = report
         self.flows: FlowIngress | None = None
         self.store = EventStore(database_url)
         self.ingress = broker.Ingress(self.store, lambda: self.config)
         self._session: aiohttp.ClientSession | None = None
         self._stop = asyncio.Event()
+        self._cut = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._running: list[Dispatcher] = []
 
     def apply(self, config: EventingConfig) -> None:
         """New brokers and triggers take effect for the next accept and attempt."""
@@ -59,23 +72,47 @@ class Eventing:
             )
         )
         for _ in range(self._dispatchers):
-            dispatcher = Dispatcher(self._url, self.store, lambda: self.config, send)
-            self._tasks.append(asyncio.create_task(dispatcher.run(self._stop)))
+            dispatcher = Dispatcher(
+                self._url, self.store, lambda: self.config, send, limits=self._limits
+            )
+            self._running.append(dispatcher)
+            self._tasks.append(asyncio.create_task(dispatcher.run(self._stop, self._cut)))
 
     def local(self, target: Target) -> Handler | None:
-        """The handler for a host served in-process: the broker ingress and the flows."""
+        """The handler for a host served in-process: the broker ingress and the flows (both
+        answer 503 once draining)."""
         if target == BROKER_INGRESS_TARGET:
-            return self.ingress.handle
+            return _refuse if self.draining else self.ingress.handle
         if self.flows is not None and self.config.flows.find(target.namespace, target.service):
-            return self.flows.handle
+            return _refuse if self.draining else self.flows.handle
         return None
 
-    async def stop(self) -> None:
+    def drain(self) -> None:
+        """Accept nothing more: the broker ingress and the flows answer 503 from now on."""
+        self.draining = True
+
+    async def stop(self, grace: float, force: asyncio.Event | None = None) -> int:
+        """Stop claiming; let attempts in flight end within grace seconds (or until force), then
+        cut the rest short and release them; close the store. Returns how many were released."""
+        self.drain()
         self._stop.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        running = asyncio.gather(*self._tasks, return_exceptions=True)
+        waits: list[asyncio.Future[Any]] = [running]
+        if force is not None:
+            waits.append(asyncio.ensure_future(force.wait()))
+        await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        self._cut.set()
+        await running
+        for w in waits[1:]:
+            w.cancel()
         await self.store.close()
         if self._session is not None:
             await self._session.close()
+        return sum(d.released for d in self._running)
+
+    def cut(self) -> None:
+        """Cut the attempts in flight short now (they are released)."""
+        self._cut.set()
 
     async def status(self) -> dict[str, Any]:
         try:
@@ -88,3 +125,13 @@ class Eventing:
     async def events(self, limit: int) -> list[dict[str, Any]]:
         async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
             return await self.store.recent(conn, limit)
+
+
+async def _refuse(request: web.Request) -> web.Response:
+    """While knfn stops: nothing is accepted that could not be stored and delivered."""
+    return web.Response(
+        status=503,
+        text=json.dumps({"error": "knfn is shutting down: the broker accepts no more events"}),
+        content_type="application/json",
+        headers={"Retry-After": "1"},
+    )

@@ -14,12 +14,18 @@ from yarl import URL
 
 from knfn.routing import parse_host
 
-# Without a delivery timeout, an attempt may take as long as a revision's longest timeout.
-DEFAULT_ATTEMPT_TIMEOUT = 600.0
+# Without spec.delivery.timeout an attempt has no time limit, as in Knative: knative/eventing
+# pkg/kncloudevents/retries.go (RetryConfigFromDeliverySpec) sets RequestTimeout only from
+# DeliverySpec.Timeout, event_dispatcher.go (DoWithRetries) gives the HTTP client a Timeout only
+# when RequestTimeout is not 0, and the client of http_client.go (createNewClient) has none;
+# config/core/configmaps/default-broker.yaml (config-br-defaults) sets retry and backoff only.
+# A delivery to a Knative Service is still bounded by the revision's timeoutSeconds (the
+# gateway answers 504), and a hung subscriber delays only its own deliveries (dispatcher.py).
+DEFAULT_ATTEMPT_TIMEOUT: float | None = None
 
 # (status or None for no answer, response headers, response body, error text)
 SendResult = tuple[int | None, Mapping[str, str], bytes, str | None]
-Sender = Callable[[str, Mapping[str, str], bytes, float], Awaitable[SendResult]]
+Sender = Callable[[str, Mapping[str, str], bytes, float | None], Awaitable[SendResult]]
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,7 @@ class Gatewayed:
     gateway: str
 
     async def __call__(
-        self, url: str, headers: Mapping[str, str], body: bytes, timeout: float
+        self, url: str, headers: Mapping[str, str], body: bytes, timeout: float | None
     ) -> SendResult:
         target = url
         send_headers = dict(headers)

@@ -234,14 +234,20 @@ class EventStore:
 
     # -- dispatch ------------------------------------------------------------------------------
     async def claim(
-        self, conn: psycopg.AsyncConnection[Any], limit: int, lease: timedelta
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        limit: int,
+        lease: timedelta,
+        skip: Sequence[str] = (),
     ) -> list[Claimed]:
-        """Up to limit due deliveries, leased until now + lease (then claimable again)."""
+        """Up to limit due deliveries, leased until now + lease (then claimable again); none to
+        the destinations in skip (the dispatcher's busy ones)."""
         async with conn.transaction(), conn.cursor() as cur:
             await cur.execute(
                 "WITH due AS ("
                 "  SELECT id FROM knfn_deliveries"
                 "  WHERE state = 'pending' AND next_attempt_at <= clock_timestamp()"
+                "  AND NOT destination = ANY(%s)"
                 "  ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
                 " UPDATE knfn_deliveries d"
                 " SET attempts = d.attempts + 1, leased = true,"
@@ -250,7 +256,7 @@ class EventStore:
                 " WHERE d.id = due.id AND e.id = d.event_id"
                 " RETURNING d.id, d.event_id, d.namespace, d.trigger, d.kind, d.destination,"
                 "  d.extensions, d.attempts, e.attributes, e.data, e.broker, e.accepted_at",
-                (limit, lease),
+                (list(skip), limit, lease),
             )
             rows = await cur.fetchall()
         return [Claimed(*row) for row in rows]
@@ -298,12 +304,41 @@ class EventStore:
             if followups or any(o.state == "pending" for o in outcomes) or replies:
                 await cur.execute(f"NOTIFY {CHANNEL}")
 
-    async def next_due(self, conn: psycopg.AsyncConnection[Any]) -> float | None:
-        """Seconds until the earliest pending delivery is due (None: nothing pending)."""
+    async def release(self, conn: psycopg.AsyncConnection[Any], ids: Sequence[int]) -> None:
+        """Hand claimed deliveries back unattempted (an attempt cut short by a shutdown): due
+        now, lease cleared, the attempt the claim counted taken back."""
+        if not ids:
+            return
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.execute(
+                "UPDATE knfn_deliveries SET attempts = greatest(attempts - 1, 0), leased = false,"
+                " next_attempt_at = clock_timestamp()"
+                " WHERE id = ANY(%s) AND state = 'pending' AND leased",
+                (list(ids),),
+            )
+            await cur.execute(f"NOTIFY {CHANNEL}")
+
+    async def renew(
+        self, conn: psycopg.AsyncConnection[Any], ids: Sequence[int], lease: timedelta
+    ) -> None:
+        """Extend the lease of deliveries still held (an attempt may run longer than a lease)."""
+        if ids:
+            await conn.execute(
+                "UPDATE knfn_deliveries SET next_attempt_at = clock_timestamp() + %s"
+                " WHERE id = ANY(%s) AND state = 'pending' AND leased",
+                (lease, list(ids)),
+            )
+
+    async def next_due(
+        self, conn: psycopg.AsyncConnection[Any], skip: Sequence[str] = ()
+    ) -> float | None:
+        """Seconds until the earliest pending delivery is due, leaving out the destinations in
+        skip (None: nothing pending)."""
         row = await (
             await conn.execute(
                 "SELECT extract(epoch FROM min(next_attempt_at) - clock_timestamp())"
-                " FROM knfn_deliveries WHERE state = 'pending'"
+                " FROM knfn_deliveries WHERE state = 'pending' AND NOT destination = ANY(%s)",
+                (list(skip),),
             )
         ).fetchone()
         return None if row is None or row[0] is None else max(0.0, float(row[0]))

@@ -1,5 +1,6 @@
-"""The dispatcher's decisions per attempt, with an injected clock and a scripted subscriber,
-and the eventing configuration loaded from manifests (errors naming file, object, field)."""
+"""The dispatcher's decisions per attempt, with an injected clock and a scripted subscriber; its
+isolation of attempts (a hung one delays no other), driven by asyncio events; and the eventing
+configuration loaded from manifests (errors naming file, object, field)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import pytest
 
 from knfn import manifests
 from knfn.eventing import config as eventing_config
-from knfn.eventing.dispatcher import Dispatcher
+from knfn.eventing.dispatcher import Dispatcher, InFlight, Limits
 from knfn.eventing.sending import SendResult
-from knfn.eventing.store import Claimed, EventStore
+from knfn.eventing.store import Claimed, EventStore, Outcome
 from knfn.manifests import ManifestError
 
 EVENTING = """\
@@ -62,10 +63,17 @@ class Subscriber:
         return status, reply_headers, reply, None if status else "connection refused"
 
 
-def claimed(attempts: int, kind: str = "subscriber") -> Claimed:
+def claimed(
+    attempts: int,
+    kind: str = "subscriber",
+    *,
+    id: int = 1,
+    trigger: str = "t",
+    destination: str = "http://subscriber.example/",
+) -> Claimed:
     return Claimed(
-        id=1, event_id=1, namespace="default", trigger="t", kind=kind,
-        destination="http://subscriber.example/", extensions={}, attempts=attempts,
+        id=id, event_id=id, namespace="default", trigger=trigger, kind=kind,
+        destination=destination, extensions={}, attempts=attempts,
         attributes={"specversion": "1.0", "id": "e1", "source": "/s", "type": "demo",
                     "knativebrokerttl": "255"},
         data=b"{}", broker="default", accepted_at=datetime.now(UTC),
@@ -144,3 +152,76 @@ def test_invalid_eventing_objects_name_file_object_field(
     with pytest.raises(ManifestError) as info:
         load(tmp_path, EVENTING.replace(old, new))
     assert info.value.field == field and "objects.yaml" in str(info.value)
+
+
+class Subscribers:
+    """Attempts by destination: ``hung`` never answers until released; others answer at once."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started: list[int] = []
+        self.done: list[tuple[int, str]] = []
+
+    async def attempt(self, c: Claimed) -> Outcome:
+        self.started.append(c.id)
+        if c.destination == "http://hung/":
+            await self.release.wait()
+        return Outcome(c.id, "delivered", 200, None)
+
+    def ended(self, c: Claimed, outcome: Outcome) -> None:
+        self.done.append((c.id, outcome.state))
+
+
+async def settle() -> None:
+    """Let every task that can run, run (no clock involved)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_a_hung_subscriber_delays_no_other_triggers_deliveries() -> None:
+    """While one Trigger's attempts hang, every attempt of another Trigger claimed after them
+    ends and is reported at once; the hung ones only hold their own destination's slots."""
+
+    async def scenario() -> None:
+        subs = Subscribers()
+        inflight = InFlight(subs.attempt, subs.ended, Limits(total=50, per_destination=3))
+        for n in range(5):
+            inflight.add(claimed(1, id=n, trigger="slow", destination="http://hung/"))
+        for n in range(100, 120):
+            inflight.add(claimed(1, id=n, trigger="fast", destination="http://fast/"))
+        await settle()
+        assert subs.done == [(n, "delivered") for n in range(100, 120)]
+        # Three hung attempts run, two wait for a slot of theirs; none of them is done.
+        assert [i for i in subs.started if i < 100] == [0, 1, 2]
+        assert sorted(inflight.held) == [0, 1, 2, 3, 4]
+        assert inflight.saturated() == ["http://hung/"]
+        assert inflight.room() == 45
+        subs.release.set()
+        await settle()
+        assert sorted(i for i, _ in subs.done if i < 100) == [0, 1, 2, 3, 4]
+        assert inflight.held == {} and inflight.saturated() == []
+
+    asyncio.run(scenario())
+
+
+def test_draining_waits_for_attempts_then_cut_returns_the_rest_unreported() -> None:
+    """drain lets attempts end until cut; what is still held is cancelled and handed back to
+    be released, never reported as an outcome."""
+
+    async def scenario() -> None:
+        subs = Subscribers()
+        inflight = InFlight(subs.attempt, subs.ended, Limits(total=10, per_destination=1))
+        inflight.add(claimed(1, id=1, destination="http://hung/"))
+        inflight.add(claimed(1, id=2, destination="http://hung/"))  # waits for the slot
+        inflight.add(claimed(1, id=3, destination="http://fast/"))
+        cut = asyncio.Event()
+        draining = asyncio.create_task(inflight.drain(cut))
+        await settle()
+        assert subs.done == [(3, "delivered")] and not draining.done()
+        cut.set()
+        left = await draining
+        assert sorted(c.id for c in left) == [1, 2]
+        assert subs.done == [(3, "delivered")]
+        assert inflight.held == {} and inflight.room() == 10
+
+    asyncio.run(scenario())
