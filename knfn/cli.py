@@ -178,10 +178,23 @@ def admin_buckets(settings: Settings, names: tuple[str, ...]) -> None:
     show_default=True,
     help="Broker dispatchers claiming deliveries in parallel (env KNFN_DISPATCHERS).",
 )
+@click.option(
+    "--shutdown-timeout",
+    envvar="KNFN_SHUTDOWN_TIMEOUT",
+    type=click.FloatRange(1, 3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds a graceful stop may take before it is forced (env KNFN_SHUTDOWN_TIMEOUT).",
+)
 @pass_settings
 @handle_errors
 def dev_command(
-    settings: Settings, port: int, admin_port: int, watch: bool, dispatchers: int
+    settings: Settings,
+    port: int,
+    admin_port: int,
+    watch: bool,
+    dispatchers: int,
+    shutdown_timeout: float,
 ) -> None:
     """Run the whole system: backing services, admin processes, every Service, the gateway."""
     import uvloop
@@ -189,7 +202,9 @@ def dev_command(
     from knfn import dev
     from knfn.logs import Printer
 
-    options = dev.DevOptions(port, admin_port, watch, dict(os.environ), dispatchers)
+    options = dev.DevOptions(
+        port, admin_port, watch, dict(os.environ), dispatchers, shutdown_timeout
+    )
     uvloop.run(dev.run(settings, options, Printer()))
 
 

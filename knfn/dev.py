@@ -3,16 +3,25 @@
 Start-up: 1. backing services (or the external ones), 2. migrations and buckets (the admin
 processes), 3. Serving: a revision per Service and its initial replicas, 4. Eventing: the
 broker's store and dispatchers, 5. the gateway (with the broker ingress) and the admin API,
-6. the autoscaler loop (and, with --watch, the watcher). Shutdown reverses it.
+6. the autoscaler loop (and, with --watch, the watcher).
+
+Shutdown (:func:`shut_down`) is one owner running numbered steps under one deadline: 1. stop
+accepting events (the broker ingress and flows answer 503), 2. stop the dispatchers (attempts in
+flight may end; the rest are released, never counted as failed), 3. drain the gateway and the
+admin API (no new connections; requests in flight finish), 4. stop the replicas (SIGTERM, grace,
+SIGKILL), 5. stop the backing services this run started, 6. reap exited children. Signal
+handlers only set events: the first SIGINT/SIGTERM asks for this, a second (or the deadline)
+forces it: waits are cut short and replicas killed. Every step runs even when one before it
+failed; the failures are reported together at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +42,10 @@ from knfn.serving import Caps, Context, Serving
 from knfn.settings import Settings
 
 READY_TIMEOUT = 90.0
+# Shutdown: attempts in flight may end within this; then they are cut short and released.
+DELIVERY_GRACE = 10.0
+# A forced step (second signal, or the deadline) is given this long before it is abandoned.
+FORCED_WAIT = 5.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,7 @@ class DevOptions:
     watch: bool
     host_env: Mapping[str, str]
     dispatchers: int = 1
+    shutdown_timeout: float = 30.0
 
 
 def _status(serving: Serving, eventing: Eventing) -> admin_api.Status:
@@ -86,9 +100,11 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
     for name in backing.started:
         say.line("knfn", f"started {name}")
 
-    stop = asyncio.Event()
+    signals = Signals()
+    stop = signals.stop
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals.received)
+    halt = asyncio.Event()  # the background loops run on until the replicas are stopped
 
     serving: Serving | None = None
     eventing: Eventing | None = None
@@ -139,16 +155,16 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         gateway = Gateway(serving.route, serving.known_hosts, eventing.local)
         admin_app = admin_api.build(_status(serving, eventing), eventing.events)
         for app, port in ((gateway.app, options.port), (admin_app, options.admin_port)):
-            runner = web.AppRunner(app, access_log=None)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=options.shutdown_timeout)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", port).start()
             runners.append(runner)
 
         # 6. The autoscaler loop, and the watcher.
-        background.append(asyncio.create_task(serving.run(scaler_cfg.tick_interval, stop)))
+        background.append(asyncio.create_task(serving.run(scaler_cfg.tick_interval, halt)))
         if options.watch:
             background.append(
-                asyncio.create_task(watch.run(settings, serving, eventing, say, stop))
+                asyncio.create_task(watch.run(settings, serving, eventing, say, halt))
             )
         await _wait_ready(serving, stop)
         for state in serving.services.values():
@@ -160,21 +176,166 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         say.line("knfn", "ready; Ctrl-C stops everything")
         await stop.wait()
     finally:
-        say.line("knfn", "shutting down")
-        stop.set()
-        # 1. Stop taking requests.
+        await shut_down(
+            Teardown(say, signals.force, options.shutdown_timeout),
+            eventing=eventing,
+            runners=runners,
+            background=(halt, background),
+            serving=serving,
+            backing_down=lambda: loop.run_in_executor(
+                None, services.down, settings.backing, backing.started
+            ),
+        )
+
+
+class Signals:
+    """SIGINT/SIGTERM: the first asks for a graceful stop, a second forces it. The handler only
+    sets events; the shutdown loop acts on them."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.force = asyncio.Event()
+
+    def received(self) -> None:
+        (self.force if self.stop.is_set() else self.stop).set()
+
+
+class Teardown:
+    """Runs shutdown steps in order under one deadline, collecting their failures.
+
+    A step is given its time until ``force`` is set (a second signal, or the deadline); then its
+    forced variant runs (kill instead of wait) and the step gets :data:`FORCED_WAIT` more before
+    it is abandoned. A step that fails never keeps the next one from running.
+    """
+
+    def __init__(
+        self,
+        say: Printer,
+        force: asyncio.Event,
+        deadline: float,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.say = say
+        self.force = force
+        self._clock = clock or asyncio.get_running_loop().time
+        self._deadline = self._clock() + deadline
+        self.errors: list[str] = []
+        self._timer = asyncio.get_running_loop().call_later(deadline, self._expire, deadline)
+
+    def _expire(self, deadline: float) -> None:
+        if not self.force.is_set():
+            self.say.line("knfn", f"shutdown: not done within {deadline:g}s; forcing")
+            self.force.set()
+
+    def left(self) -> float:
+        """Seconds before the deadline (0 once forced)."""
+        return 0.0 if self.force.is_set() else max(0.0, self._deadline - self._clock())
+
+    async def step(
+        self,
+        name: str,
+        graceful: Callable[[], Awaitable[object]],
+        forced: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        self.say.line("knfn", f"shutdown: {name}")
+        task = asyncio.ensure_future(graceful())
+        forcing = asyncio.ensure_future(self.force.wait())
+        try:
+            await asyncio.wait({task, forcing}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                if forced is not None:
+                    try:
+                        await forced()
+                    except Exception as exc:
+                        self.errors.append(f"{name} (forced): {exc.__class__.__name__}: {exc}")
+                await asyncio.wait({task}, timeout=FORCED_WAIT)
+        finally:
+            forcing.cancel()
+        if not task.done():
+            task.cancel()
+            self.errors.append(f"{name}: abandoned after being forced")
+        elif not task.cancelled() and (failure := task.exception()) is not None:
+            self.errors.append(f"{name}: {failure.__class__.__name__}: {failure}")
+
+    def close(self) -> None:
+        self._timer.cancel()
+
+
+async def shut_down(
+    teardown: Teardown,
+    *,
+    eventing: Eventing | None,
+    runners: list[web.AppRunner],
+    background: tuple[asyncio.Event, list[asyncio.Task[None]]],
+    serving: Serving | None,
+    backing_down: Callable[[], Awaitable[object]],
+) -> None:
+    """The shutdown steps, in order; raises KnfnError naming every step that failed."""
+    say = teardown.say
+    say.line("knfn", "shutting down")
+
+    # 1. Accept nothing more: the broker ingress and flows answer 503 (the gateway still serves
+    # Services, so deliveries in flight can finish).
+    if eventing is not None:
+        say.line("knfn", "shutdown: 1. stop accepting events")
+        eventing.drain()
+
+    # 2. Dispatchers stop claiming; attempts in flight end within the grace, the rest are cut
+    # short and released (their attempt not counted), so nothing accepted is lost.
+    if eventing is not None:
+        ev = eventing
+
+        async def stop_eventing() -> None:
+            grace = min(DELIVERY_GRACE, teardown.left())
+            released = await ev.stop(grace, teardown.force)
+            say.line("knfn", f"shutdown: {released} delivery attempt(s) released for the next run")
+
+        async def cut() -> None:
+            ev.cut()
+
+        await teardown.step("2. stop dispatchers", stop_eventing, cut)
+
+    # 3. The gateway and the admin API: no new connections; requests in flight finish.
+    async def drain_gateway() -> None:
         for runner in runners:
             await runner.cleanup()
-        # 2. Background loops end; dispatchers stop; replicas drain (SIGTERM, grace, SIGKILL).
-        await asyncio.gather(*background, return_exceptions=True)
-        if eventing is not None:
-            await eventing.stop()
-        if serving is not None:
-            await serving.stop()
-        # 3. Backing services this run started (ones already running are left running).
-        with contextlib.suppress(Exception):
-            await loop.run_in_executor(None, services.down, settings.backing, backing.started)
-        say.line("knfn", "stopped")
+
+    await teardown.step("3. drain gateway", drain_gateway)
+
+    # 4. Background loops end, then the replicas drain (SIGTERM, grace, SIGKILL; forced: SIGKILL).
+    halt, tasks = background
+    halt.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if serving is not None:
+        sv = serving
+
+        async def kill_replicas() -> None:
+            await sv.stop(grace=0)
+
+        await teardown.step("4. stop replicas", sv.stop, kill_replicas)
+
+    # 5. Backing services this run started (ones already running are left running).
+    await teardown.step("5. stop backing services", backing_down)
+
+    # 6. Reap whatever child has exited and not been waited for (no zombie outlives knfn).
+    _reap_children()
+    teardown.close()
+    for error in teardown.errors:
+        say.line("knfn", f"shutdown error: {error}")
+    say.line("knfn", "stopped")
+    if teardown.errors:
+        raise KnfnError(f"shutdown finished with {len(teardown.errors)} error(s): "
+                        + "; ".join(teardown.errors))  # fmt: skip
+
+
+def _reap_children() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 async def _wait_ready(serving: Serving, stop: asyncio.Event) -> None:

@@ -236,12 +236,13 @@ class RevisionRuntime:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def stop(self) -> None:
-        """Retire every replica and wait for them to go."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Retire every replica and wait for them to go (within grace, default timeoutSeconds)."""
         self.routable = False
         for slot in [s for s in self.slots if not s.stopping]:
             self._retire(slot)
-        await asyncio.gather(*(s.replica.stop(self.timeout_seconds) for s in self.slots),
+        grace = self.timeout_seconds if grace is None else grace
+        await asyncio.gather(*(s.replica.stop(grace) for s in self.slots),
                              return_exceptions=True)  # fmt: skip
         for task in list(self._tasks):
             task.cancel()
@@ -419,8 +420,9 @@ class Serving:
             metrics.REPLICAS.labels(*rt.labels, "desired").set(rt.desired)
             metrics.REPLICAS.labels(*rt.labels, "ready").set(rt.ready)
 
-    async def stop(self) -> None:
-        await asyncio.gather(*(rt.stop() for rt in self.runtimes()), return_exceptions=True)
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop every replica; grace=0 (a forced stop) kills them at once."""
+        await asyncio.gather(*(rt.stop(grace) for rt in self.runtimes()), return_exceptions=True)
 
     def status(self) -> dict[str, Any]:
         services = []
