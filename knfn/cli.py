@@ -178,10 +178,24 @@ def admin_buckets(settings: Settings, names: tuple[str, ...]) -> None:
     show_default=True,
     help="Broker dispatchers claiming deliveries in parallel (env KNFN_DISPATCHERS).",
 )
+@click.option(
+    "--max-event-bytes",
+    envvar="KNFN_MAX_EVENT_BYTES",
+    type=click.IntRange(1024, 64 * 1024 * 1024),
+    default=1024 * 1024,
+    show_default=True,
+    help="The largest request body the broker ingress takes; larger gets 413 "
+    "(env KNFN_MAX_EVENT_BYTES).",
+)
 @pass_settings
 @handle_errors
 def dev_command(
-    settings: Settings, port: int, admin_port: int, watch: bool, dispatchers: int
+    settings: Settings,
+    port: int,
+    admin_port: int,
+    watch: bool,
+    dispatchers: int,
+    max_event_bytes: int,
 ) -> None:
     """Run the whole system: backing services, admin processes, every Service, the gateway."""
     import uvloop
@@ -189,7 +203,9 @@ def dev_command(
     from knfn import dev
     from knfn.logs import Printer
 
-    options = dev.DevOptions(port, admin_port, watch, dict(os.environ), dispatchers)
+    options = dev.DevOptions(
+        port, admin_port, watch, dict(os.environ), dispatchers, max_event_bytes
+    )
     uvloop.run(dev.run(settings, options, Printer()))
 
 

@@ -42,6 +42,7 @@ class DevOptions:
     watch: bool
     host_env: Mapping[str, str]
     dispatchers: int = 1
+    max_event_bytes: int = 1024 * 1024
 
 
 def _status(serving: Serving, eventing: Eventing) -> admin_api.Status:
@@ -132,6 +133,7 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
             f"http://127.0.0.1:{options.port}",
             lambda message: say.line("knfn", message),
             dispatchers=options.dispatchers,
+            max_event_bytes=options.max_event_bytes,
         )
         await eventing.start()
 
