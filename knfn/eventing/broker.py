@@ -126,7 +126,7 @@ class Ingress:
             return _error(413, str(exc))
         try:
             event = cloudevent.from_http(request.headers, body)
-            ttl = int(event.attributes.get(TTL, DEFAULT_TTL), 10)
+            ttl = int(event.attributes.get(TTL, str(DEFAULT_TTL)), 10)
         except InvalidEvent as exc:
             return _error(400, str(exc))
         except ValueError:

@@ -1,4 +1,4 @@
-"""Event limits: what the broker refuses because it could not be stored, delivered or dead-lettered."""
+"""Event limits: what the broker refuses as impossible to store, deliver or dead-letter."""
 
 from __future__ import annotations
 
