@@ -186,6 +186,15 @@ def admin_buckets(settings: Settings, names: tuple[str, ...]) -> None:
     show_default=True,
     help="Seconds a graceful stop may take before it is forced (env KNFN_SHUTDOWN_TIMEOUT).",
 )
+@click.option(
+    "--max-event-bytes",
+    envvar="KNFN_MAX_EVENT_BYTES",
+    type=click.IntRange(1024, 64 * 1024 * 1024),
+    default=1024 * 1024,
+    show_default=True,
+    help="The largest request body the broker ingress takes; larger gets 413 "
+    "(env KNFN_MAX_EVENT_BYTES).",
+)
 @pass_settings
 @handle_errors
 def dev_command(
@@ -195,6 +204,7 @@ def dev_command(
     watch: bool,
     dispatchers: int,
     shutdown_timeout: float,
+    max_event_bytes: int,
 ) -> None:
     """Run the whole system: backing services, admin processes, every Service, the gateway."""
     import uvloop
@@ -203,7 +213,7 @@ def dev_command(
     from knfn.logs import Printer
 
     options = dev.DevOptions(
-        port, admin_port, watch, dict(os.environ), dispatchers, shutdown_timeout
+        port, admin_port, watch, dict(os.environ), dispatchers, shutdown_timeout, max_event_bytes
     )
     uvloop.run(dev.run(settings, options, Printer()))
 

@@ -56,6 +56,7 @@ class DevOptions:
     host_env: Mapping[str, str]
     dispatchers: int = 1
     shutdown_timeout: float = 30.0
+    max_event_bytes: int = 1024 * 1024
 
 
 def _status(serving: Serving, eventing: Eventing) -> admin_api.Status:
@@ -148,6 +149,7 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
             f"http://127.0.0.1:{options.port}",
             lambda message: say.line("knfn", message),
             dispatchers=options.dispatchers,
+            max_event_bytes=options.max_event_bytes,
         )
         await eventing.start()
 

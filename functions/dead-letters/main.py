@@ -68,11 +68,11 @@ SELECT = """
 
 
 def error_code(raw: Any) -> int | None:
-    """knativeerrorcode as an integer (None when absent or not a number)."""
-    try:
-        return int(str(raw).strip())
-    except (TypeError, ValueError):
+    """knativeerrorcode as an integer (None when absent, not a number or not an HTTP status)."""
+    text = str(raw).strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 3):
         return None
+    return int(text)
 
 
 def error_data(raw: Any) -> str | None:
@@ -144,7 +144,7 @@ def limit_of(request: flask.Request) -> int:
     raw = request.args.get("limit")
     if raw is None or raw == "":
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= MAX_LIMIT):
         raise BadRequest(
             f"limit must be an integer from 1 to {MAX_LIMIT}", parameter="limit", value=raw
         )

@@ -103,7 +103,7 @@ def records_of(body: bytes) -> list[Any]:
         return []
     try:
         document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # incl. JSONDecodeError, UnicodeError
         raise BadRequest(f"body is not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise BadRequest("body must be a JSON object with Records")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +29,7 @@ from psycopg.rows import dict_row
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+MAX_OFFSET = 2**63 - 1  # Postgres OFFSET is a bigint
 COLUMNS = (
     "bucket, key, size, content_type, sha256, thumbnail_key, thumbnail_width,"
     " thumbnail_height, created_at, updated_at"
@@ -75,8 +77,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, key = json.loads(raw)
-        return datetime.fromisoformat(created_at), str(key)
-    except (binascii.Error, ValueError, TypeError):
+        if not isinstance(key, str) or "\x00" in key:
+            raise TypeError("the key is not text")
+        return datetime.fromisoformat(created_at), key
+    except (binascii.Error, ValueError, TypeError, RecursionError):
         raise BadRequest("cursor is not valid", parameter="cursor", value=cursor) from None
 
 
@@ -86,10 +90,10 @@ def int_parameter(request: flask.Request, name: str, low: int, high: int | None)
     if raw is None or raw == "":
         return None
     bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
-    try:
-        value = int(raw, 10)
-    except ValueError:
-        value = None
+    value = None
+    if raw.isascii() and len(raw) <= 24:  # no giant (or non-ASCII-digit) number is parsed
+        with contextlib.suppress(ValueError):
+            value = int(raw, 10)
     if value is None or value < low or (high is not None and value > high):
         raise BadRequest(f"{name} must be an integer {bound}", parameter=name, value=raw)
     return value
@@ -98,7 +102,7 @@ def int_parameter(request: flask.Request, name: str, low: int, high: int | None)
 def page_of(request: flask.Request) -> Page:
     """The page the query string asks for."""
     limit = int_parameter(request, "limit", 1, MAX_LIMIT) or DEFAULT_LIMIT
-    offset = int_parameter(request, "offset", 0, None)
+    offset = int_parameter(request, "offset", 0, MAX_OFFSET)
     cursor = request.args.get("cursor")
     if cursor and offset is not None:
         raise BadRequest("use either cursor or offset, not both", parameter="cursor")
@@ -165,5 +169,8 @@ def query(request: flask.Request) -> flask.Response:
     if path in ("", "/objects"):
         return handlers.json_response(list_objects(page_of(request)))
     if path.startswith("/objects/"):
-        return handlers.json_response(get_object(path.removeprefix("/objects/")))
+        key = path.removeprefix("/objects/")
+        if "\x00" in key:
+            raise BadRequest("an object key cannot contain NUL", key=key)
+        return handlers.json_response(get_object(key))
     raise NotFound(f"no route for {request.path}; use / , /objects or /objects/<key>")

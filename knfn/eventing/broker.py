@@ -17,14 +17,17 @@ from typing import Any
 
 from aiohttp import web
 
+from knfn.errors import KnfnError
 from knfn.eventing import cloudevent
 from knfn.eventing.cloudevent import Event, InvalidEvent
 from knfn.eventing.config import EventingConfig
-from knfn.eventing.store import Accept, EventStore, NewDelivery, StoreUnavailable
+from knfn.eventing.store import Accept, EventRejected, EventStore, NewDelivery, StoreUnavailable
 
 DEFAULT_TTL = 255
 TTL = "knativebrokerttl"
 ARRIVAL = "knativearrivaltime"
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+READ_CHUNK = 64 * 1024
 NOT_A_CLOUDEVENT = "received a non-empty response that is not a CloudEvent"
 
 
@@ -47,12 +50,47 @@ def fan_out(config: EventingConfig, namespace: str, broker: str, event: Event) -
     ]
 
 
-class Ingress:
-    """The broker-ingress handler, served by the gateway at Knative's broker address."""
+class EventTooLarge(KnfnError):
+    """The request body is over the ingress's limit: 413."""
 
-    def __init__(self, store: EventStore, config: Callable[[], EventingConfig]) -> None:
+
+async def read_bounded(request: web.Request, limit: int) -> bytes:
+    """The body, refused (EventTooLarge) past limit bytes without holding more than that.
+
+    The declared Content-Length is checked first; then the body is read in chunks and the read
+    stops at the limit (a chunked body declares nothing). What is left unread is discarded by
+    aiohttp after the answer.
+    """
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise EventTooLarge(f"the event is {declared} bytes: at most {limit} are accepted")
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(READ_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            raise EventTooLarge(f"the event is over {limit} bytes: at most {limit} are accepted")
+    return bytes(body)
+
+
+class Ingress:
+    """The broker-ingress handler, served by the gateway at Knative's broker address.
+
+    ``max_event_bytes`` bounds the request body (413 past it). Knative's own broker ingress
+    (pkg/broker/ingress/ingress_handler.go) reads the body whole with no bound of its own;
+    knative-gcp's broker ingress caps it at 10 MB (google/knative-gcp#1772) and Kafka-backed
+    brokers at about 1 MB (Kafka's message.max.bytes). Here the default is 1 MiB: a dispatcher
+    holds a claimed batch of up to 64 events in memory at once.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        config: Callable[[], EventingConfig],
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
         self._store = store
         self._config = config
+        self._max_event_bytes = max_event_bytes
 
     async def handle(self, request: web.Request) -> web.Response:
         parts = request.path.strip("/").split("/")
@@ -66,12 +104,16 @@ class Ingress:
             return _error(404, f"no broker at {request.path}; brokers: {known}")
         namespace, broker = parts
         try:
-            event = cloudevent.from_http(request.headers, await request.read())
-            ttl = int(event.attributes.get(TTL, DEFAULT_TTL))
+            body = await read_bounded(request, self._max_event_bytes)
+        except EventTooLarge as exc:
+            return _error(413, str(exc))
+        try:
+            event = cloudevent.from_http(request.headers, body)
+            ttl = int(event.attributes.get(TTL, str(DEFAULT_TTL)), 10)
         except InvalidEvent as exc:
             return _error(400, str(exc))
         except ValueError:
-            return _error(400, f"{TTL} must be an integer")
+            return _error(400, f"attribute {TTL!r} must be an integer")
         if ttl <= 0:
             return _error(400, f"{TTL} is {ttl}: the event has looped through brokers too often")
         event = event.replace(**{ARRIVAL: now_rfc3339(), TTL: str(ttl)})
@@ -81,6 +123,8 @@ class Ingress:
         )  # fmt: skip
         try:
             await self._store.accept(item)
+        except EventRejected as exc:
+            return _error(400, str(exc))
         except StoreUnavailable as exc:
             return _error(503, str(exc))
         return web.Response(status=202)

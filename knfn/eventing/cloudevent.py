@@ -20,6 +20,19 @@ binary mode) plus the data as bytes. Where each rule comes from (cloudevents/spe
   ``specversion`` ``1.0``; ``subject``, ``dataschema``, ``datacontenttype`` non-empty when
   present; ``time`` an RFC 3339 timestamp; names of lowercase a-z and 0-9.
 
+Limits (:func:`check_limits`, applied by :func:`from_http`), so that nothing is accepted that
+cannot be stored, delivered and dead-lettered: every attribute travels as one ``ce-<name>``
+header line in binary mode, and the HTTP servers on the way (aiohttp's parser in the gateway,
+gunicorn in a replica) refuse a field line over 8190 bytes and gunicorn more than 100 header
+fields; a dead letter adds three more headers. So an attribute value is at most
+``MAX_ATTRIBUTE_BYTES`` once percent-encoded, an event has at most ``MAX_ATTRIBUTES``
+attributes, and no value holds a character Postgres text and jsonb cannot hold (NUL, a lone
+surrogate). JSON (a structured body, or data whose ``datacontenttype`` is JSON) nests at most
+``MAX_JSON_DEPTH`` deep (serde_json's default recursion limit; Python's json gives up near
+1,000 levels, inside a subscriber less) and has no ``\u0000`` or lone-surrogate escape (jsonb
+refuses both, and a dead-letter sink storing the data as jsonb would fail).
+``datacontenttype`` goes out as a raw ``Content-Type`` header, so it must be printable ASCII.
+
 Two things are normalised, so that ``from_http(*to_binary(e)) == e`` and
 ``from_http(*to_structured(e)) == e`` hold: an empty body is no data (``data`` is then None),
 and structured mode carries JSON data as a JSON value, re-serialised compactly, so formatting
@@ -40,6 +53,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from itertools import accumulate
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -63,6 +77,21 @@ _RFC3339 = re.compile(
 )
 _HEX2 = re.compile(r"[0-9A-Fa-f]{2}")
 _QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
+# Limits that keep every accepted event deliverable and dead-letterable (module docstring).
+MAX_ATTRIBUTE_BYTES = 4096  # a percent-encoded value; half of the 8190-byte header line limit
+MAX_ATTRIBUTES = 64  # + the broker's own, the dead letter's 3, HTTP's: under gunicorn's 100
+MAX_NAME_LENGTH = 64  # spec.md asks for at most 20; longer names are allowed but bounded
+MAX_JSON_DEPTH = 128
+# A JSON string escape that jsonb cannot hold: \u0000, or a surrogate escape not in a pair.
+_JSON_BAD_ESCAPE = re.compile(
+    r"(?<!\\)(?:\\\\)*"  # an unescaped backslash: preceded by pairs of backslashes only
+    r"(?:\\u0000"
+    r"|\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"  # high, no low next
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})"  # low, no high before
+)
+_JSON_STRING = re.compile(rb'"(?:[^"\\]+|\\.)*"', re.DOTALL)
+_BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[{]}")
 # Attributes that, when present, must not be empty (spec.md; the Go SDK's Validate).
 _NON_EMPTY_WHEN_PRESENT = ("subject", "dataschema", "datacontenttype")
 
@@ -163,6 +192,7 @@ def from_http(headers: Mapping[str, str], body: bytes) -> Event:
             )
         where = _ce_header
     problems += _validate(attributes, where)
+    problems += check_limits(attributes, data)
     if problems:
         raise InvalidEvent(*problems)
     return Event(attributes, data)
@@ -216,6 +246,12 @@ def _read_structured(body: bytes) -> tuple[dict[str, str], bytes | None, list[st
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidEvent(f"structured event: the body is not UTF-8 ({exc.reason})") from None
+    depth = json_depth(body)
+    if depth > MAX_JSON_DEPTH + 1:  # the event object itself is one level
+        raise InvalidEvent(
+            f"structured event: JSON nested {depth} levels deep: "
+            f"at most {MAX_JSON_DEPTH + 1} are accepted"
+        )
     try:
         doc = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
@@ -298,6 +334,85 @@ def _validate(attributes: Mapping[str, str], where: Callable[[str], str]) -> lis
     if time is not None and not is_rfc3339(time):
         problems.append(f"attribute 'time': {time!r} is not an RFC 3339 timestamp")
     return problems
+
+
+def check_limits(attributes: Mapping[str, str], data: bytes | None) -> list[str]:
+    """Why these attributes and data could not be stored, delivered or dead-lettered ([] if ok).
+
+    Each problem names the attribute; see the module docstring for where each limit comes from.
+    """
+    problems: list[str] = []
+    if len(attributes) > MAX_ATTRIBUTES:
+        problems.append(
+            f"the event has {len(attributes)} attributes: at most {MAX_ATTRIBUTES} are accepted "
+            "(each one is an HTTP header on delivery)"
+        )
+    for name, value in attributes.items():
+        if len(name) > MAX_NAME_LENGTH:
+            problems.append(
+                f"attribute name {name[:32]!r}... is {len(name)} characters long: "
+                f"at most {MAX_NAME_LENGTH} are accepted"
+            )
+        unstorable = _unstorable(value)
+        if unstorable:
+            problems.append(f"attribute {name!r} contains {unstorable}, which cannot be stored")
+            continue
+        size = len(encode_header_value(value))
+        if size > MAX_ATTRIBUTE_BYTES:
+            problems.append(
+                f"attribute {name!r} is {size} bytes once percent-encoded for its HTTP header: "
+                f"at most {MAX_ATTRIBUTE_BYTES} are accepted"
+            )
+    content_type = attributes.get("datacontenttype")
+    if content_type is not None and not all(" " <= c <= "~" or c == "\t" for c in content_type):
+        problems.append(
+            "attribute 'datacontenttype' must be printable ASCII: it is sent as the "
+            "Content-Type header"
+        )
+    if data is not None and content_type is not None and is_json_media_type(content_type):
+        problems += check_json(data, "data")
+    return problems
+
+
+def check_json(text: bytes, what: str) -> list[str]:
+    """Why JSON text could not be carried to a subscriber and stored as jsonb ([] if ok).
+
+    Too deep a nesting, or an escape (``\\u0000``, a lone surrogate) that jsonb refuses.
+    Anything else, including JSON that is not valid, is left to the reader.
+    """
+    problems: list[str] = []
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        problems.append(
+            f"{what}: JSON nested {depth} levels deep: at most {MAX_JSON_DEPTH} are accepted"
+        )
+    bad = _JSON_BAD_ESCAPE.search(text.decode("utf-8", "replace"))
+    if bad:
+        escape = bad.group(0).lstrip("\\")
+        problems.append(
+            f"{what}: the JSON escape \\{escape} (NUL or a lone surrogate) cannot be stored"
+        )
+    return problems
+
+
+def json_depth(text: bytes) -> int:
+    """How deep the arrays and objects in JSON text nest (0 for a scalar), without parsing it.
+
+    Strings are skipped, so brackets inside them do not count; linear in the text's length.
+    """
+    brackets = _JSON_STRING.sub(b"", text).translate(_BRACKETS, _NOT_BRACKETS)
+    steps = (1 if b == 1 else -1 for b in brackets)
+    return max(accumulate(steps), default=0)
+
+
+def _unstorable(value: str) -> str | None:
+    """What in an attribute value Postgres text and jsonb cannot hold, or None."""
+    if "\x00" in value:
+        return "a NUL character"
+    for char in value:
+        if "\ud800" <= char <= "\udfff":
+            return f"a lone surrogate (U+{ord(char):04X})"
+    return None
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -444,11 +559,7 @@ def _attribute_text(value: Any) -> str | None:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return None
-        return value
+        return value  # a lone surrogate is refused by check_limits, naming the attribute
     return None
 
 

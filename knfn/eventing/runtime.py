@@ -38,6 +38,7 @@ class Eventing:
         report: Callable[[str], None],
         dispatchers: int = 1,
         limits: Limits = DEFAULT_LIMITS,
+        max_event_bytes: int = broker.DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.config = config
         self._url = database_url
@@ -48,7 +49,7 @@ class Eventing:
         self._report = report
         self.flows: FlowIngress | None = None
         self.store = EventStore(database_url)
-        self.ingress = broker.Ingress(self.store, lambda: self.config)
+        self.ingress = broker.Ingress(self.store, lambda: self.config, max_event_bytes)
         self._session: aiohttp.ClientSession | None = None
         self._stop = asyncio.Event()
         self._cut = asyncio.Event()

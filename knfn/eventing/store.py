@@ -61,6 +61,10 @@ class StoreUnavailable(KnfnError):
     """The database could not take the event: the ingress answers 503, never 202."""
 
 
+class EventRejected(KnfnError):
+    """The database refused this one event for what it holds (not for being down): 400."""
+
+
 @dataclass(frozen=True)
 class NewDelivery:
     trigger: str
@@ -107,6 +111,11 @@ class Outcome:
     retry_at: datetime | None = None
     followups: Sequence[NewDelivery] = ()  # e.g. the dead-letter delivery
     replies: Sequence[Accept] = ()  # a reply event re-entering a broker
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
 
 
 def _connect_error(exc: Exception) -> StoreUnavailable:
@@ -207,17 +216,61 @@ class EventStore:
             self._wake.clear()
             while self._pending:
                 batch, self._pending = self._pending[:GROUP_LIMIT], self._pending[GROUP_LIMIT:]
-                try:
-                    ids = await self._commit([item for item, _ in batch])
-                except (psycopg.Error, OSError) as exc:
-                    self._writer = None
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(_connect_error(exc))
-                    continue
-                for (_, future), event_id in zip(batch, ids, strict=True):
-                    if not future.done():
-                        future.set_result(event_id)
+                await self._commit_group(batch)
+
+    async def _commit_group(self, batch: Sequence[tuple[Accept, asyncio.Future[int]]]) -> None:
+        """Commit the group at once; if the data was refused, each item on its own.
+
+        A connection failure fails the group (503 for all: nothing was stored). A refusal of
+        the data (a value Postgres cannot hold that got past the ingress's checks) must not
+        fail the valid items committed with it, so they are retried one by one and only the
+        refused item gets EventRejected (400).
+        """
+        try:
+            ids = await self._commit([item for item, _ in batch])
+        except Exception as exc:
+            if self._lost_connection(exc) or len(batch) == 1:
+                self._fail(batch, exc)
+                return
+        else:
+            for (_, future), event_id in zip(batch, ids, strict=True):
+                if not future.done():
+                    future.set_result(event_id)
+            return
+        for i, (item, future) in enumerate(batch):
+            try:
+                (event_id,) = await self._commit([item])
+            except Exception as exc:
+                if self._lost_connection(exc):
+                    self._fail(batch[i:], exc)
+                    return
+                self._fail([(item, future)], exc)
+            else:
+                if not future.done():
+                    future.set_result(event_id)
+
+    def _lost_connection(self, exc: Exception) -> bool:
+        """Whether the database was out of reach, as opposed to refusing the data sent to it."""
+        if isinstance(exc, (OSError, psycopg.InterfaceError)):
+            return True
+        if not isinstance(exc, psycopg.Error):
+            return False  # e.g. a value the driver could not even encode
+        writer = self._writer
+        if writer is None or writer.closed or writer.broken:
+            return True
+        # SQLSTATE classes 08 (connection exception) and 57 (operator intervention: shutdown).
+        return (exc.sqlstate or "").startswith(("08", "57"))
+
+    def _fail(self, batch: Sequence[tuple[Accept, asyncio.Future[int]]], exc: Exception) -> None:
+        error: KnfnError
+        if self._lost_connection(exc):
+            self._writer = None
+            error = _connect_error(exc)
+        else:
+            error = EventRejected(f"the event cannot be stored: {_first_line(exc)}")
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(error)
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._writer is None or self._writer.closed:

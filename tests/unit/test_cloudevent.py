@@ -417,7 +417,8 @@ def test_classify_reply(headers: dict[str, str], body: bytes, kind: str) -> None
 
 _RESERVED = {"specversion", "id", "source", "type", "datacontenttype", "time", "subject", "data"}
 _names = st.from_regex(r"[a-z][a-z0-9]{0,12}", fullmatch=True).filter(lambda n: n not in _RESERVED)
-_text = st.text(st.characters(codec="utf-8"), max_size=30)
+# NUL is refused (Postgres cannot store it): see the limit tests.
+_text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30)
 # Values made of the characters percent-encoding cares about, so that "%41" and quotes occur.
 _tricky = st.text(st.sampled_from('%41Ff "\\\t\u20ac\x7f'), max_size=12)
 _non_blank = (_text | _tricky).filter(lambda s: bool(s.strip()))

@@ -150,7 +150,7 @@ def test_get_honours_limit(client: FlaskClient, source: str) -> None:
     assert len(client.get("/?limit=1").get_json()["items"]) == 1
 
 
-@pytest.mark.parametrize("limit", ["0", "101", "x"])
+@pytest.mark.parametrize("limit", ["0", "101", "x", "9" * 5000, "²"])
 def test_bad_limit_is_400(client: FlaskClient, limit: str) -> None:
     """A limit outside 1..100 is 400 naming the parameter."""
     answer = client.get(f"/?limit={limit}")

@@ -164,7 +164,7 @@ def _decode_body(body: bytes, content_type: str | None) -> Any:
     if is_json(content_type):
         try:
             return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (ValueError, RecursionError) as error:  # incl. JSONDecodeError, UnicodeError
             raise InvalidEvent(
                 f"data is not valid JSON although datacontenttype is {content_type}: {error}"
             ) from None
@@ -179,7 +179,7 @@ def _decode_body(body: bytes, content_type: str | None) -> Any:
 def _from_structured(body: bytes) -> CloudEvent:
     try:
         document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # incl. JSONDecodeError, UnicodeError
         raise InvalidEvent(f"structured CloudEvent is not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise InvalidEvent("structured CloudEvent must be a JSON object")

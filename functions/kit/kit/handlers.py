@@ -7,7 +7,9 @@ cloudevent signature answers "OK") as a failed delivery. Here a consumer answers
 its reply event in binary mode (200) or with an empty 204.
 
 Exceptions become responses in exactly one place (`_guarded`): a `KitError` gives its status
-and JSON body, anything else a 500 JSON body and a logged traceback.
+and JSON body; the errors that only hostile input causes (`client_error`: JSON nested too
+deep, a number with thousands of digits, text Postgres cannot hold, a value out of a column's
+range) a 400 naming the problem; anything else a 500 JSON body and a logged traceback.
 """
 
 from __future__ import annotations
@@ -23,13 +25,21 @@ from io import BytesIO
 from typing import Any
 
 import flask
+import psycopg
 import werkzeug.exceptions
 import werkzeug.wsgi
 from cloudevents.http import CloudEvent
 
 from kit import binding
 from kit import logging as kit_logging
-from kit.errors import KitError, MethodNotAllowed, PayloadTooLarge, Unprocessable, response_for
+from kit.errors import (
+    BadRequest,
+    KitError,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    Unprocessable,
+    response_for,
+)
 
 HTTPHandler = Callable[[flask.Request], flask.Response]
 EventHandler = Callable[[CloudEvent], CloudEvent | None]
@@ -107,12 +117,12 @@ def read_body(request: flask.Request, limit: int) -> bytes:
     """
     environ = request.environ
     declared = environ.get("CONTENT_LENGTH") or None
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and _too_long(declared, limit):
         _replace_body(environ, b"")
         raise PayloadTooLarge(
             f"request body of {declared} bytes exceeds the limit of {limit} bytes",
             limit=limit,
-            size=int(declared),
+            size=declared.strip(),
         )
     stream = werkzeug.wsgi.get_input_stream(environ)
     body = stream.read(limit + 1)
@@ -125,6 +135,14 @@ def read_body(request: flask.Request, limit: int) -> bytes:
     return body
 
 
+def _too_long(declared: str, limit: int) -> bool:
+    """Whether a Content-Length says more than limit (digits only; no giant int parsing)."""
+    digits = declared.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        return False
+    return len(digits.lstrip("0")) > len(str(limit)) or int(digits) > limit
+
+
 def _replace_body(environ: dict[str, Any], body: bytes) -> None:
     environ["wsgi.input"] = BytesIO(body)
     environ["CONTENT_LENGTH"] = str(len(body))
@@ -135,7 +153,7 @@ def data_object(event: CloudEvent) -> dict[str, Any]:
     """The event's data as a JSON object, or 422 naming the event: consumers expect objects."""
     data = event.get_data()
     if isinstance(data, (bytes, str)):
-        with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+        with contextlib.suppress(ValueError, RecursionError):  # not JSON: the 422 below
             data = json.loads(data)
     if not isinstance(data, dict):
         raise Unprocessable(
@@ -194,12 +212,37 @@ def describe_data(data: Any) -> tuple[str | None, Any]:
     if isinstance(data, (bytes, bytearray, memoryview)):
         raw = bytes(data)
         try:
-            return "text", raw.decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             return "base64", base64.b64encode(raw).decode("ascii")
+        if "\x00" not in text:  # text with a NUL is no text Postgres can store
+            return "text", text
+        return "base64", base64.b64encode(raw).decode("ascii")
     if isinstance(data, str):
+        if "\x00" in data:
+            return "base64", base64.b64encode(data.encode("utf-8", "replace")).decode("ascii")
         return "text", data
     return "json", data
+
+
+def client_error(error: Exception) -> BadRequest | None:
+    """The 400 for an exception that input alone causes, whatever the function; else None.
+
+    Python raises RecursionError on JSON nested about 1,000 deep and ValueError on an integer
+    of more than 4,300 digits (sys.int_info.str_digits_check_threshold); psycopg raises
+    DataError for a NUL in text and for a value out of a column's range, and the codec
+    UnicodeEncodeError for a lone surrogate. None of these is the function's fault.
+    """
+    if isinstance(error, RecursionError):
+        return BadRequest("the input is nested too deeply to be read")
+    if isinstance(error, UnicodeEncodeError):
+        return BadRequest(f"the input holds text that is not valid Unicode: {error.reason}")
+    if isinstance(error, psycopg.DataError):
+        problem = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return BadRequest(f"the input holds a value the database cannot store: {problem}")
+    if isinstance(error, ValueError) and "integer string conversion" in str(error):
+        return BadRequest("the input holds a number with too many digits")
+    return None
 
 
 def _guarded(call: Callable[[], flask.Response]) -> flask.Response:
@@ -216,8 +259,13 @@ def _guarded(call: Callable[[], flask.Response]) -> flask.Response:
         response = response_for(KitError(error.description or error.name, status=status))
         log.warning("request failed", status=status, error=error.description)
     except Exception as error:
-        log.exception("unhandled error", error=repr(error))
-        response = response_for(KitError(f"internal error: {type(error).__name__}"))
+        refused = client_error(error)
+        if refused is not None:
+            response = response_for(refused)
+            log.warning("request failed", status=refused.status, error=refused.message)
+        else:
+            log.exception("unhandled error", error=repr(error))
+            response = response_for(KitError(f"internal error: {type(error).__name__}"))
     duration_ms = round((time.monotonic() - started) * 1000, 1)
     log.debug("request handled", status=response.status_code, duration_ms=duration_ms)
     return response

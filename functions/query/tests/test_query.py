@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -186,3 +187,25 @@ def test_readme_documents_every_variable(start: Any) -> None:
     module = start().module
     readme = (SOURCE.parent / "README.md").read_text()
     assert [s.name for s in config.variables(module.Settings) if s.name not in readme] == []
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("/objects?limit=" + "9" * 5000, "limit"),
+        ("/objects?offset=" + "9" * 30, "offset"),
+        ("/objects?offset=99999999999999999999", "offset"),
+        ("/objects?cursor=a%00b", "cursor"),
+        ("/objects?cursor=" + "WyIyMDI0LTAxLTAxIiwgImFcdTAwMDBiIl0", "cursor"),
+        ("/objects?a%00b=1&limit=1", None),
+        ("/objects/a%00b", "NUL"),
+    ],
+)
+def test_hostile_input_is_400_not_500(client: FlaskClient, url: str, named: str | None) -> None:
+    """Huge numbers, NUL in keys, cursors and query keys: 400 naming the problem, or fine."""
+    answer = client.get(url)
+    if named is None:
+        assert answer.status_code == 200
+        return
+    assert answer.status_code == 400, answer.get_data()
+    assert named in json.dumps(answer.get_json())
