@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,6 @@ from knfn.replica_records import ReplicaRecords
 PROBE_INTERVAL = 0.05  # queue-proxy's aggressive readiness probing (runtime contract)
 READ_CHUNK = 64 * 1024  # bytes read from a replica's output at a time
 DRAIN_TIMEOUT = 2.0  # for the last output after the group was killed
-# Runs the command with the parent-death signal set; -I -S: stdlib only, starts in milliseconds.
-PDEATHSIG_WRAPPER = (sys.executable, "-I", "-S", str(Path(pdeathsig.__file__)))
 
 
 class ReplicaError(KnfnError):
@@ -75,8 +72,7 @@ class Replica:
         """Start the process; call it on the event loop's thread, which lives as long as knfn
         (the parent-death signal fires when the thread that forked exits)."""
         self._proc = await asyncio.create_subprocess_exec(
-            *PDEATHSIG_WRAPPER,
-            str(os.getpid()),
+            *pdeathsig.default_wrapper(os.getpid()),
             *self.spec.argv,
             cwd=self.spec.cwd,
             env=self.spec.env,

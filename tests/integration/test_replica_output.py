@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +24,7 @@ from knfn import manifests as mf
 from knfn.kpa import Autoscaler
 from knfn.logs import PARTIAL_MARKER, Printer
 from knfn.replica_env import SecretValues
-from knfn.replica_records import ReplicaRecords
+from knfn.replica_records import ReplicaRecords, process_table
 from knfn.revisions import Revision, RevisionStore
 from knfn.serving import Caps, Context, RevisionRuntime
 from knfn.supervisor import Replica, ReplicaSpec
@@ -31,6 +33,8 @@ from tests.support import free_port
 pytestmark = pytest.mark.slow
 
 FF = (str(Path(sys.executable).parent / "functions-framework"),)
+# util-linux's setpriv where installed; else the test of that kind runs the Python wrapper too.
+SETPRIV = shutil.which("setpriv")
 SHOUT = '''\
 """Writes n bytes to stdout: a line (nl=1) or bytes without a newline (nl=0)."""
 
@@ -208,3 +212,31 @@ def test_unreadable_output_gets_the_replica_replaced(function_dir: Path, tmp_pat
     asyncio.run(main())
     assert any("output could not be read" in text for _, text in printer.lines)
     assert ctx.records.records() == []
+
+
+@pytest.mark.parametrize("setpriv", [SETPRIV, None], ids=["setpriv", "python"])
+def test_wrapped_command_dies_with_its_parent(setpriv: str | None) -> None:
+    """A command started through the wrapper (either kind) dies when its parent is SIGKILLed."""
+    parent_code = (
+        "import os, subprocess, sys, time\n"
+        "from knfn import pdeathsig\n"
+        f"prefix = pdeathsig.wrapper(os.getpid(), {setpriv!r})\n"
+        "child = subprocess.Popen([*prefix, 'sleep', '120'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] != b"sleep":
+        assert time.monotonic() < deadline, "the wrapper did not exec the command"
+        time.sleep(0.01)
+    parent.kill()
+    parent.wait()
+    killed = time.monotonic()
+    while child in process_table():
+        assert time.monotonic() - killed < 3, "the command outlived its parent"
+        time.sleep(0.01)
