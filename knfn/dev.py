@@ -37,6 +37,7 @@ from knfn.gateway import Gateway
 from knfn.kpa import Autoscaler
 from knfn.logs import Printer
 from knfn.replica_env import SecretValues
+from knfn.replica_records import ReplicaRecords
 from knfn.revisions import RevisionStore
 from knfn.serving import Caps, Context, Serving
 from knfn.settings import Settings
@@ -118,7 +119,11 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         created = await loop.run_in_executor(None, admin.buckets, backing, configured_buckets(m))
         say.line("knfn", f"buckets created: {len(created)}")
 
-        # 3. Serving: a revision per Service, its initial replicas.
+        # 3. Serving: a revision per Service, its initial replicas (after stopping what a
+        #    killed run left of its replicas).
+        records = ReplicaRecords(settings.state_dir / "run" / "replicas")
+        for name in await loop.run_in_executor(None, records.stop_leftovers):
+            say.line("knfn", f"stopped {name}, left running by an earlier run")
         store = await loop.run_in_executor(
             None, RevisionStore, backing.knfn_database_url, settings.state_dir / "revisions"
         )
@@ -138,6 +143,7 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
             ),
             caps=Caps.for_machine(options.host_env),
             functions_dir=settings.functions_dir,
+            records=records,
         )
         serving = Serving(ctx, m)
         await serving.apply(m)

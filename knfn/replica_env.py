@@ -1,10 +1,11 @@
 """The environment of a replica: what a pod of this revision would see, resolved locally.
 
 Order as in Kubernetes: ``envFrom`` sources in order, then ``env`` (which wins), then the
-runtime contract's variables (PORT, K_SERVICE, K_CONFIGURATION, K_REVISION) and the SinkBinding's
-K_SINK / K_CE_OVERRIDES. Secrets hold templates in the repository, never values: locally each key
-is filled from the running backing services, else from the user's environment, else with a
-random value generated once and kept in ``.knfn/secrets.json``.
+runtime contract's variables (PORT, K_SERVICE, K_CONFIGURATION, K_REVISION), the SinkBinding's
+K_SINK / K_CE_OVERRIDES, and HOST, the address functions-framework binds. Secrets hold templates
+in the repository, never values: locally each key is filled from the running backing services,
+else from the user's environment, else with a random value generated once and kept in
+``.knfn/secrets.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from typing import Any
 
 from knfn.manifests import ManifestError, Manifests, Service
 from knfn.routing import BROKER_INGRESS
+
+# The address a replica listens on (functions-framework reads HOST; its default is 0.0.0.0).
+# In Knative the user container listens on every interface of its pod's own network namespace,
+# which only the pod's queue-proxy and the cluster network reach; on one machine without
+# namespaces, loopback plays that role: a replica is reachable through the gateway only.
+REPLICA_HOST = "127.0.0.1"
 
 # Passed through from knfn's own environment so the function can run at all.
 PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "VIRTUAL_ENV")
@@ -118,6 +125,7 @@ def resolve(
     env.update(dict(service.container.env))
     env.update(sink_bindings(manifests).get((service.namespace, service.name), {}))
     env.update(
+        HOST=REPLICA_HOST,
         PORT=str(port),
         K_SERVICE=service.name,
         K_CONFIGURATION=service.name,

@@ -23,6 +23,7 @@ from knfn.kpa import Autoscaler
 from knfn.logs import Printer
 from knfn.ports import free_port
 from knfn.replica_env import SecretValues, resolve
+from knfn.replica_records import ReplicaRecords
 from knfn.revisions import Revision, RevisionStore
 from knfn.routing import Target
 from knfn.supervisor import Replica, ReplicaError, ReplicaSpec
@@ -69,6 +70,7 @@ class Context:
     new_decider: Callable[[mf.Service], Autoscaler]
     caps: Caps
     functions_dir: Path
+    records: ReplicaRecords  # of the state dir: replicas a killed run left are found there
     clock: Callable[[], float] = time.monotonic
 
 
@@ -178,7 +180,7 @@ class RevisionRuntime:
             port,
             self.service.container.readiness_path,
         )
-        slot = ReplicaSlot(Replica(spec, self.ctx.printer), self.ctx.clock())
+        slot = ReplicaSlot(Replica(spec, self.ctx.printer, self.ctx.records), self.ctx.clock())
         self.slots.append(slot)
         self._track(self._run(slot))
 
@@ -207,9 +209,11 @@ class RevisionRuntime:
             )
             self._cold_since = None
         self.serving.revision_ready(self)
-        code = await replica.wait_exit()
+        # Exited, or its output cannot be read (then it would block on a full pipe while still
+        # accepting connections): either way it has failed and is replaced.
+        gone = await replica.wait_gone()
         if not slot.stopping:
-            self.ctx.printer.line("knfn", f"{replica.spec.name} exited with code {code}")
+            self.ctx.printer.line("knfn", f"{replica.spec.name} {gone}")
             await self._crashed(slot)
 
     async def _crashed(self, slot: ReplicaSlot) -> None:

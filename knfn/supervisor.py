@@ -2,6 +2,11 @@
 
 A replica runs the image's command with the revision's environment, in its own process group,
 so that stopping it (SIGTERM, the grace period, then SIGKILL) reaches everything it started.
+It is started through knfn/pdeathsig.py, so the kernel kills it if knfn dies without stopping
+it, and it is recorded in the state dir (knfn/replica_records.py) until it has been reaped.
+Its output is read in bounded chunks and cut into lines of bounded length (knfn/logs.py): a
+replica whose output cannot be read any more is reported as gone, to be replaced, since a full
+pipe would block it while it still accepts connections.
 """
 
 from __future__ import annotations
@@ -14,10 +19,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from knfn import pdeathsig
 from knfn.errors import KnfnError
-from knfn.logs import Printer
+from knfn.logs import LineSplitter, Printer
+from knfn.replica_records import ReplicaRecords
 
 PROBE_INTERVAL = 0.05  # queue-proxy's aggressive readiness probing (runtime contract)
+READ_CHUNK = 64 * 1024  # bytes read from a replica's output at a time
+DRAIN_TIMEOUT = 2.0  # for the last output after the group was killed
 
 
 class ReplicaError(KnfnError):
@@ -43,11 +52,16 @@ class ReplicaSpec:
 class Replica:
     """A running function process and the task that copies its output to the printer."""
 
-    def __init__(self, spec: ReplicaSpec, printer: Printer) -> None:
+    def __init__(
+        self, spec: ReplicaSpec, printer: Printer, records: ReplicaRecords | None = None
+    ) -> None:
         self.spec = spec
         self._printer = printer
+        self._records = records
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
+        self._unreadable = asyncio.Event()
+        self.output_error: BaseException | None = None
         self.ready = False
 
     @property
@@ -55,7 +69,10 @@ class Replica:
         return f"http://127.0.0.1:{self.spec.port}"
 
     async def start(self) -> None:
+        """Start the process; call it on the event loop's thread, which lives as long as knfn
+        (the parent-death signal fires when the thread that forked exits)."""
         self._proc = await asyncio.create_subprocess_exec(
+            *pdeathsig.default_wrapper(os.getpid()),
             *self.spec.argv,
             cwd=self.spec.cwd,
             env=self.spec.env,
@@ -65,11 +82,22 @@ class Replica:
             start_new_session=True,
         )
         self._pump = asyncio.create_task(self._copy_output())
+        if self._records is not None:
+            self._records.add(self.spec.name, self._proc.pid)
 
     async def _copy_output(self) -> None:
+        """Copy output to the printer until EOF; a failure marks the replica unreadable."""
         assert self._proc is not None and self._proc.stdout is not None
-        async for raw in self._proc.stdout:
-            self._printer.line(self.spec.name, raw.decode("utf-8", "replace").rstrip("\n"))
+        stdout, splitter = self._proc.stdout, LineSplitter()
+        try:
+            while chunk := await stdout.read(READ_CHUNK):
+                for piece in splitter.feed(chunk):
+                    self._printer.piece(self.spec.name, piece)
+            for piece in splitter.flush():
+                self._printer.piece(self.spec.name, piece)
+        except Exception as exc:  # whatever it was, nobody reads the pipe any more
+            self.output_error = exc
+            self._unreadable.set()
 
     @property
     def pid(self) -> int | None:
@@ -79,10 +107,19 @@ class Replica:
     def exited(self) -> bool:
         return self._proc is not None and self._proc.returncode is not None
 
-    async def wait_exit(self) -> int:
-        """Wait until the process exits; its return code."""
+    async def wait_gone(self) -> str:
+        """Wait until the process exits or its output cannot be read; which, in words."""
         assert self._proc is not None
-        return await self._proc.wait()
+        exited = asyncio.ensure_future(self._proc.wait())
+        unreadable = asyncio.ensure_future(self._unreadable.wait())
+        try:
+            await asyncio.wait({exited, unreadable}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            unreadable.cancel()
+        if self.output_error is not None:
+            return f"output could not be read ({self.output_error!r})"
+        return f"exited with code {self._proc.returncode}"
 
     async def wait_ready(self, timeout: float) -> float:
         """Probe every 50 ms until ready; returns the seconds it took."""
@@ -90,6 +127,10 @@ class Replica:
         while time.monotonic() - started < timeout:
             if self._proc is None or self._proc.returncode is not None:
                 raise ReplicaError(f"{self.spec.name} exited before it was ready")
+            if self.output_error is not None:
+                raise ReplicaError(
+                    f"{self.spec.name} output could not be read ({self.output_error!r})"
+                )
             if await self._probe():
                 self.ready = True
                 return time.monotonic() - started
@@ -134,10 +175,14 @@ class Replica:
         # 2. Whatever is left of the group goes, the server's workers included.
         _killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
-        # 3. Drain the last output lines.
+        if self._records is not None:
+            self._records.remove(proc.pid)
+        # 3. Drain the last output lines (bounded: a process that left the group may still
+        #    hold the pipe open).
         if self._pump is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._pump), DRAIN_TIMEOUT)
+            self._pump.cancel()
 
 
 def _killpg(pid: int, sig: signal.Signals) -> None:
