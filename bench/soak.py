@@ -16,8 +16,8 @@ server knfn started (pid from `<state>/services.json`) gets SIGKILL; knfn is exp
 it by itself. The service is *back* when it answers again (Postgres: a connection runs
 `SELECT 1`; S3: any HTTP answer). A failed request whose lifetime overlaps [kill, back + --grace]
 is an injected error; every other failed request is not. When the service is not back by the end
-of the load, the run fails; the script then stops knfn and starts the services by hand
-(`knfn services up`) so that the events can still be counted.
+of the load, the run fails; when that service is Postgres, the script stops knfn and starts the
+services by hand (`knfn services up`) so that the events can still be counted.
 
 Every --sample-every seconds the knfn process's VmRSS is read, and every process below it noted.
 After the load the script waits (bounded) until every event answered 202 has been delivered, as
@@ -696,14 +696,16 @@ def finish(dev: SoakDev, load: Load, args: argparse.Namespace, prefix: str) -> i
     fault, tally, samples = load.fault, load.tally, load.samples
     problems: list[str] = []
     accepted = set(tally.accepted_ids)
-    if fault.killed_at is None or fault.back_at is not None:
+    recovered = fault.killed_at is None or fault.back_at is not None
+    if not recovered:
+        problems.append(f"{fault.service} did not answer again within the load")
+    if recovered or fault.service != "postgres":
         # 1. Wait for the broker to drain, then stop knfn as Ctrl-C would.
         count, drain_s = drain(dev, prefix, accepted, args.drain_timeout)
         code, stop_s = stop(dev)
     else:
-        # 1'. The service never came back: nothing more will be delivered. Stop knfn (which
-        # reaps and stops what it started), then start the services by hand to count the events.
-        problems.append(f"{fault.service} did not answer again within the load")
+        # 1'. Postgres never came back: nothing more will be delivered. Stop knfn (which reaps
+        # and stops what it started), then start the services by hand to count the events.
         code, stop_s = stop(dev)
         if fault.old_pid is not None:
             # Postgres refuses to start while the pid in its postmaster.pid exists, zombie or not.
