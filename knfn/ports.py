@@ -52,9 +52,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def bind_listeners(wanted: dict[str, int], host: str = "127.0.0.1") -> dict[int, socket.socket]:
-    """Bind each named port now (not yet listening), so it is held until the server uses it.
+    """Bind and listen on each named port now, so it is held until the server serves on it.
 
-    Checking a port and binding it later races; binding it is the check. The error names the
+    Checking a port and binding it later races; binding it is the check. It listens at once
+    because a socket that is only bound does not keep out others that bind with SO_REUSEADDR
+    (as most servers do); connections made meanwhile wait in the backlog. The error names the
     option of the first port that is taken; sockets bound before it are closed.
     """
     bound: dict[int, socket.socket] = {}
@@ -66,6 +68,7 @@ def bind_listeners(wanted: dict[str, int], host: str = "127.0.0.1") -> dict[int,
             if port in bound:
                 raise OSError(f"port {port} is given twice")
             sock.bind((host, port))
+            sock.listen(128)
         except OSError as exc:
             sock.close()
             for other in bound.values():

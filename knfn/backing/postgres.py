@@ -111,6 +111,9 @@ class EmbeddedPostgres:
         """
         user = _server_user()
         self._init(user)
+        if user is not None:
+            # Again on every start: something (pytest, for one) may have closed a parent since.
+            _make_traversable(self.data_dir)
         argv = [
             str(bin_dir() / "postgres"),
             "-D", str(self.data_dir),

@@ -75,6 +75,7 @@ def test_services_lifecycle_and_idempotent_admin(project: Path) -> None:
     assert not any(process.is_running(pid) for pid in pids)
 
     restarted = knfn(project, "services", "up", "--show-secrets")
+    assert restarted.returncode == 0, restarted.stderr
     url = dict(line.split("=", 1) for line in restarted.stdout.splitlines())["DATABASE_URL"]
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT v FROM kept").fetchall() == [("survives",)]
@@ -108,6 +109,7 @@ def test_trust_data_dir_of_an_older_knfn_gets_a_password(project: Path) -> None:
     assert knfn(project, "services", "down").returncode == 0
     again = knfn(project, "services", "up", "--show-secrets")
     assert again.returncode == 0, again.stderr
+    url = dict(line.split("=", 1) for line in again.stdout.splitlines())["DATABASE_URL"]
     assert "trust" not in "".join(
         line for line in hba.read_text().splitlines() if not line.startswith("#")
     )
