@@ -152,12 +152,12 @@ class EmbeddedPostgres:
     def url(self, database: str) -> str:
         return url(self.port, database, self.password)
 
-    def answers(self) -> bool:
+    def answers(self, timeout: int = 1) -> bool:
         """True when a connection to the maintenance database with our password succeeds."""
         import psycopg  # here, not at the top: `knfn` answers bad flags before this loads
 
         try:
-            with psycopg.connect(self.url("postgres"), connect_timeout=1):
+            with psycopg.connect(self.url("postgres"), connect_timeout=timeout):
                 return True
         except psycopg.OperationalError:
             return False

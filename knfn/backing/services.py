@@ -372,7 +372,8 @@ def check(cfg: BackingConfig, name: str) -> Health:
         found = postgres.postmaster(cfg.pg_data_dir)
         if found is None or found.pid != pid:
             return Health.DEAD
-        return Health.UP if _pg(cfg, port).answers() else Health.UNANSWERING
+        # A generous timeout: a busy machine must not make a healthy server look hung.
+        return Health.UP if _pg(cfg, port).answers(timeout=3) else Health.UNANSWERING
     server = _s3(cfg, port)
     if not server.is_ours(pid):
         return Health.DEAD
@@ -426,6 +427,9 @@ def _recorded(
     cfg: BackingConfig, state: Mapping[str, Mapping[str, Any]], name: str, kind: str, log: str
 ) -> ServiceStatus:
     rec = state.get(name)
+    if not rec and name == "postgres" and (found := postgres.postmaster(cfg.pg_data_dir)):
+        # Running on our data directory though never recorded (a start cut short): show it.
+        rec = {"pid": found.pid, "port": found.port, "kind": kind}
     if not rec:
         return ServiceStatus(name, kind, "stopped", "")
     port = int(rec["port"])

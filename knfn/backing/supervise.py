@@ -36,8 +36,9 @@ class Action(enum.Enum):
 class Watch:
     """What the supervisor knows about one server between looks."""
 
-    # Looks in a row without an answer before a live server is taken for hung.
-    unanswered_limit: int = 5
+    # Looks in a row without an answer before a live server is taken for hung (each look
+    # waits up to a few seconds, so this is tens of seconds: load alone must not trigger it).
+    unanswered_limit: int = 10
     first_delay: float = 0.5
     max_delay: float = 15.0
     misses: int = 0

@@ -63,9 +63,9 @@ def test_second_holder_of_a_state_dir_is_refused_naming_the_first(tmp_path: Path
     """The lock is exclusive; the refusal names the holder's command and pid."""
     import os
 
-    with StateLock.acquire(tmp_path, "dev"):
-        with pytest.raises(StateDirInUse, match=rf"knfn dev \(pid {os.getpid()}\)"):
-            StateLock.acquire(tmp_path, "reset")
+    holder = rf"knfn dev \(pid {os.getpid()}\)"
+    with StateLock.acquire(tmp_path, "dev"), pytest.raises(StateDirInUse, match=holder):
+        StateLock.acquire(tmp_path, "reset")
     # Released: the next one gets it.
     StateLock.acquire(tmp_path, "reset").release()
 
