@@ -13,10 +13,11 @@ from typing import Any, TypeVar
 
 import click
 
-from knfn import admin
+from knfn import ports
 from knfn.backing import services
 from knfn.errors import KnfnError
 from knfn.settings import Settings
+from knfn.statelock import StateLock
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -89,14 +90,23 @@ def services_group() -> None:
 
 
 @services_group.command("up")
+@click.option(
+    "--show-secrets", is_flag=True, help="Print passwords and secret keys instead of ***."
+)
 @pass_settings
 @handle_errors
-def services_up(settings: Settings) -> None:
+def services_up(settings: Settings, show_secrets: bool) -> None:
     """Start Postgres and S3 (unless external), detached; print how to reach them."""
-    env = services.up(settings.backing, report=say)
+    with StateLock.acquire(settings.state_dir, "services up"):
+        services.preflight(settings.backing)
+        env = services.up(settings.backing, report=say)
     for name in env.started:
         say(f"started {name}")
-    _print_env(env.function_env())
+    printed = env.function_env()
+    if not show_secrets:
+        printed = services.redacted_env(printed)
+        say(f"secrets are kept in {settings.state_dir} (--show-secrets prints them)")
+    _print_env(printed)
 
 
 @services_group.command("down")
@@ -104,7 +114,8 @@ def services_up(settings: Settings) -> None:
 @handle_errors
 def services_down(settings: Settings) -> None:
     """Stop the services that knfn started."""
-    stopped = services.down(settings.backing)
+    with StateLock.acquire(settings.state_dir, "services down"):
+        stopped = services.down(settings.backing)
     say("stopped " + (", ".join(stopped) if stopped else "nothing (none were running)"))
 
 
@@ -143,6 +154,8 @@ def _running_backing(settings: Settings) -> services.BackingEnv:
 @handle_errors
 def admin_migrate(settings: Settings) -> None:
     """Apply postgres/migrations/*.sql in order; already applied ones are skipped."""
+    from knfn import admin
+
     applied = admin.migrate(settings, _running_backing(settings))
     click.echo(f"applied {len(applied)} migration(s)" + _listed(applied))
 
@@ -162,6 +175,8 @@ def admin_migrate(settings: Settings) -> None:
 def admin_buckets(settings: Settings, names: tuple[str, ...]) -> None:
     """Create the configured S3 buckets that do not exist yet."""
     wanted = [n.strip() for name in names for n in name.split(",") if n.strip()]
+    from knfn import admin
+
     created = admin.buckets(_running_backing(settings), wanted)
     click.echo(f"created {len(created)} bucket(s)" + _listed(created))
 
@@ -207,15 +222,28 @@ def dev_command(
     max_event_bytes: int,
 ) -> None:
     """Run the whole system: backing services, admin processes, every Service, the gateway."""
+    # Checked before anything starts, so a clash costs one line and leaves nothing running:
+    # the state directory is ours alone, the gateway and admin ports are bound (and so kept)
+    # now, and explicit backing-service ports are free or held by our own servers.
+    lock = StateLock.acquire(settings.state_dir, "dev")
+    listeners = ports.bind_listeners(
+        {"gateway (--port/KNFN_PORT)": port, "admin API (--admin-port/KNFN_ADMIN_PORT)": admin_port}
+    )
+    services.preflight(settings.backing)
+
     import uvloop
 
     from knfn import dev
     from knfn.logs import Printer
 
     options = dev.DevOptions(
-        port, admin_port, watch, dict(os.environ), dispatchers, shutdown_timeout, max_event_bytes
-    )
-    uvloop.run(dev.run(settings, options, Printer()))
+        port, admin_port, watch, dict(os.environ), dispatchers, shutdown_timeout, max_event_bytes,
+        listeners=listeners,
+    )  # fmt: skip
+    try:
+        uvloop.run(dev.run(settings, options, Printer()))
+    finally:
+        lock.release()
 
 
 @main.command("status")
@@ -303,10 +331,11 @@ def invoke_command(
 @handle_errors
 def reset(settings: Settings, yes: bool) -> None:
     """Stop everything knfn started and delete .knfn/ (all local data)."""
-    if not yes:
-        click.confirm(f"Delete {settings.state_dir} and all its data?", abort=True)
-    services.down(settings.backing)
-    shutil.rmtree(settings.state_dir, ignore_errors=True)
+    with StateLock.acquire(settings.state_dir, "reset"):
+        if not yes:
+            click.confirm(f"Delete {settings.state_dir} and all its data?", abort=True)
+        services.down(settings.backing)
+        shutil.rmtree(settings.state_dir, ignore_errors=True)
     say(f"removed {settings.state_dir}")
 
 

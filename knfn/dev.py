@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from aiohttp import web
 
 from knfn import admin, admin_api, autoscaling, manifests, watch
 from knfn.backing import services
+from knfn.backing.supervise import supervise
 from knfn.errors import KnfnError
 from knfn.eventing import config as eventing_config
 from knfn.eventing.runtime import Eventing
@@ -58,6 +60,8 @@ class DevOptions:
     dispatchers: int = 1
     shutdown_timeout: float = 30.0
     max_event_bytes: int = 1024 * 1024
+    # Ports the CLI already bound (so a busy one failed before anything started), by port.
+    listeners: Mapping[int, socket.socket] = field(default_factory=dict)
 
 
 def _status(serving: Serving, eventing: Eventing) -> admin_api.Status:
@@ -165,11 +169,15 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         for app, port in ((gateway.app, options.port), (admin_app, options.admin_port)):
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=options.shutdown_timeout)
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
+            sock = options.listeners.get(port)
+            site = web.SockSite(runner, sock) if sock else web.TCPSite(runner, "127.0.0.1", port)
+            await site.start()
             runners.append(runner)
 
         # 6. The autoscaler loop, and the watcher.
         background.append(asyncio.create_task(serving.run(scaler_cfg.tick_interval, halt)))
+        report = lambda message: say.line("knfn", message)  # noqa: E731
+        background.append(asyncio.create_task(supervise(settings.backing, report, halt)))
         if options.watch:
             background.append(
                 asyncio.create_task(watch.run(settings, serving, eventing, say, halt))

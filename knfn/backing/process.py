@@ -64,6 +64,55 @@ def is_running(pid: int) -> bool:
     return state != "Z"
 
 
+def cmdline(pid: int) -> list[str]:
+    """The argv of a running process ([] when gone or unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def cwd(pid: int) -> Path | None:
+    """The working directory of a running process (None when gone or unreadable)."""
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+
+
+def listens(pid: int, port: int) -> bool:
+    """True when the process pid holds the TCP socket listening on 127.0.0.1:port.
+
+    A port that answers proves nothing about who answers; the socket's inode in the process's
+    open files does (/proc/net/tcp names the listener's inode).
+    """
+    wanted = f"0100007F:{port:04X}"
+    inodes: set[str] = set()
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        # local_address, state 0A (LISTEN), inode
+        if len(fields) > 9 and fields[1] == wanted and fields[3] == "0A":
+            inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def tail(path: Path, lines: int = 20) -> str:
     """The last lines of a log file, for error messages."""
     try:
@@ -114,6 +163,16 @@ def stop(pid: int, *, first: signal.Signals = signal.SIGTERM, grace: float = 10.
     # 3. Whatever is left of the group (children included) is killed.
     _signal_group(pid, signal.SIGKILL)
     _reap(pid)
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL what is left of a dead server's process group (its orphaned workers), and reap.
+
+    The group only: the pid alone may already belong to some unrelated process.
+    """
+    _reap(pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -7,6 +7,7 @@ generates once and keeps in ``.knfn/s3/credentials.json`` (never in git).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import secrets
@@ -16,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from knfn import ports
 from knfn.backing import process
@@ -83,6 +85,58 @@ def answers(endpoint: str, credentials: Credentials) -> bool:
     return True
 
 
+def http_answers(endpoint: str, timeout: float = 2.0) -> bool:
+    """True when the server at endpoint answers HTTP at all (a cheap liveness look; the
+    credentials were checked when it was started or adopted)."""
+    parts = urlsplit(endpoint)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    try:
+        conn.request("HEAD", "/")
+        conn.getresponse().read()
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+    return True
+
+
+class PortTaken(BackingError):
+    """The server could not bind one of its ports: someone else listens there."""
+
+
+def _bind_failed(log_path: Path, offset: int) -> bool:
+    """Whether the server's log since offset says it could not bind a port."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return False
+    return "address already in use" in text.lower()
+
+
+def seaweedfs_security() -> dict[str, str]:
+    """Env that closes SeaweedFS's internal HTTP ports to anyone without a signed token.
+
+    SeaweedFS reads security.toml keys from WEED_* variables (``weed scaffold -config=security``):
+    with signing keys set, the volume servers accept reads and writes only with a JWT that the
+    master or filer signed, and the filer accepts HTTP reads and writes only with a JWT signed
+    by the filer key (the S3 gateway signs its own). The keys are new on every start and never
+    written to disk: every component of one ``weed server`` gets them from the same env.
+    """
+    keys = {
+        "WEED_JWT_SIGNING_KEY": secrets.token_urlsafe(32),
+        "WEED_JWT_SIGNING_READ_KEY": secrets.token_urlsafe(32),
+        "WEED_JWT_FILER_SIGNING_KEY": secrets.token_urlsafe(32),
+        "WEED_JWT_FILER_SIGNING_READ_KEY": secrets.token_urlsafe(32),
+    }
+    return {
+        **keys,
+        "WEED_ACCESS_UI": "false",
+        "WEED_FILER_EXPOSE_DIRECTORY_METADATA_ENABLED": "false",
+    }
+
+
 @dataclass(frozen=True)
 class LocalS3:
     """One local S3 server: which binary, where its data and log live, which port."""
@@ -102,18 +156,40 @@ class LocalS3:
         return "minio" if shutil.which("minio") else "seaweedfs"
 
     def start(self) -> subprocess.Popen[bytes]:
-        """Start the server detached and wait until the S3 API answers."""
+        """Start the server detached and wait until *it* serves the S3 API on our port.
+
+        Ready means the process just started holds the listening socket of the port and our
+        credentials work: another server that answers there is never taken for ours.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv, env = self._minio() if self.kind == "minio" else self._seaweedfs()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         proc = process.spawn(argv, log_path=self.log_path, env=env, cwd=self.data_dir)
-        process.wait_ready(
-            self.kind,
-            lambda: answers(self.endpoint, self.credentials),
-            proc=proc,
-            log_path=self.log_path,
-            timeout=self.start_timeout,
-        )
+
+        def ready() -> bool:
+            if _bind_failed(self.log_path, offset):
+                raise PortTaken(f"{self.kind}: a port it was given is already in use")
+            return process.listens(proc.pid, self.port) and answers(self.endpoint, self.credentials)
+
+        try:
+            process.wait_ready(
+                self.kind, ready, proc=proc, log_path=self.log_path, timeout=self.start_timeout
+            )
+        except BackingError:
+            process.stop(proc.pid, grace=STOP_GRACE[self.kind])
+            raise
         return proc
+
+    def is_ours(self, pid: int) -> bool:
+        """Whether pid is a live server of this data directory, not just anything on the port."""
+        argv = process.cmdline(pid)
+        return (
+            process.is_running(pid)
+            and bool(argv)
+            and Path(argv[0]).name in ("weed", "minio")
+            and process.cwd(pid) == self.data_dir.resolve()
+        )
 
     def _minio(self) -> tuple[list[str], dict[str, str]]:
         minio = shutil.which("minio") or "minio"
@@ -167,6 +243,7 @@ class LocalS3:
             "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
             f"-filer.localSocket={sockets / 'filer.sock'}",
             f"-s3.localSocket={sockets / 's3.sock'}",
+            "-master.telemetry=false",
         ]  # fmt: skip
         (self.data_dir / "weed").mkdir(exist_ok=True)
-        return argv, dict(os.environ)
+        return argv, {**os.environ, **seaweedfs_security()}

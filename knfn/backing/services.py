@@ -7,12 +7,14 @@ starts nothing, factor 4) or *embedded* (started here, detached, recorded in
 
 from __future__ import annotations
 
+import enum
 import json
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from knfn import ports
 from knfn.backing import postgres, process, s3
@@ -83,6 +85,10 @@ class BackingConfig:
     def logs(self) -> Path:
         return self.state_dir / "logs"
 
+    @property
+    def pg_data_dir(self) -> Path:
+        return self.state_dir / "postgres" / "data"
+
 
 @dataclass(frozen=True)
 class BackingEnv:
@@ -105,6 +111,14 @@ class BackingEnv:
             "AWS_SECRET_ACCESS_KEY": self.s3_secret_key,
             "AWS_REGION": self.s3_region,
         }
+
+
+class Health(enum.Enum):
+    """What one look at a server found."""
+
+    UP = "up"
+    DEAD = "dead"
+    UNANSWERING = "unanswering"
 
 
 @dataclass(frozen=True)
@@ -144,9 +158,10 @@ def _port(preferred: int, explicit: bool, what: str, report: Report) -> int:
 
 def _pg(cfg: BackingConfig, port: int) -> postgres.EmbeddedPostgres:
     return postgres.EmbeddedPostgres(
-        data_dir=cfg.state_dir / "postgres" / "data",
+        data_dir=cfg.pg_data_dir,
         log_path=cfg.logs / "postgres.log",
         port=port,
+        password=postgres.load_password(cfg.state_dir / "postgres" / "password"),
     )
 
 
@@ -159,38 +174,142 @@ def _s3(cfg: BackingConfig, port: int) -> s3.LocalS3:
     )
 
 
+# How often a server is started again when one of its ports was taken in between the check and
+# its bind (ports picked by knfn only; an explicit port is never swapped).
+START_ATTEMPTS = 3
+
+
+def preflight(cfg: BackingConfig) -> None:
+    """Fail at once when an explicit port is held by anything but our own running server.
+
+    Called before anything starts, so a busy KNFN_PG_PORT / KNFN_S3_PORT costs a line, not a
+    half-started system.
+    """
+    state = _load(cfg)
+    if not cfg.database_url and cfg.pg_port_explicit and not ports.is_free(cfg.pg_port):
+        ours = postgres.postmaster(cfg.pg_data_dir)
+        if ours is None or ours.port != cfg.pg_port:
+            raise PortInUseError(
+                f"postgres (KNFN_PG_PORT): port {cfg.pg_port} is already in use "
+                "(change or unset it)"
+            )
+    if not cfg.s3_endpoint_url and cfg.s3_port_explicit and not ports.is_free(cfg.s3_port):
+        rec = state.get("s3") or {}
+        pid = int(rec.get("pid", 0))
+        if not (pid and _s3(cfg, cfg.s3_port).is_ours(pid) and process.listens(pid, cfg.s3_port)):
+            raise PortInUseError(
+                f"s3 (KNFN_S3_PORT): port {cfg.s3_port} is already in use (change or unset it)"
+            )
+
+
 def up(cfg: BackingConfig, report: Report = lambda _: None) -> BackingEnv:
-    """Make sure both services run (or are external) and say how to reach them."""
+    """Make sure both services run (or are external) and say how to reach them.
+
+    A running server is adopted only when it is provably ours: for Postgres the postmaster.pid
+    of our data directory names a live postgres process; for S3 the recorded pid is a weed or
+    minio process working in our data directory. A port that merely answers is never enough.
+    """
     state = _load(cfg)
     started: list[str] = []
     pg_port = s3_port = 0
 
-    # 1. Postgres: external by URL, else the recorded embedded server if it still answers.
+    # 1. Postgres: external by URL, else our data directory's running postmaster, else start.
     if not cfg.database_url:
-        rec = state.get("postgres")
-        if rec and process.is_running(rec["pid"]) and _pg(cfg, rec["port"]).answers():
-            pg_port = int(rec["port"])
+        adopted = _adopt_pg(cfg)
+        if adopted is not None:
+            state["postgres"] = {"pid": adopted.pid, "port": adopted.port, "kind": PG_KIND}
+            pg_port = adopted.port
         else:
             pg_port = _port(cfg.pg_port, cfg.pg_port_explicit, "postgres (KNFN_PG_PORT)", report)
-            proc = _pg(cfg, pg_port).start()
-            state["postgres"] = {"pid": proc.pid, "port": pg_port, "kind": "embedded-postgres"}
-            _save(cfg, state)
+            pid, pg_port = _start_retrying(
+                lambda port: _pg(cfg, port).start().pid,
+                pg_port,
+                cfg.pg_port_explicit,
+                "postgres (KNFN_PG_PORT)",
+                report,
+            )
+            state["postgres"] = {"pid": pid, "port": pg_port, "kind": PG_KIND}
             started.append("postgres")
+        _save(cfg, state)
 
-    # 2. S3: external by endpoint, else the recorded local server if it still answers.
+    # 2. S3: external by endpoint, else our recorded server if it is ours and up, else start.
     if not cfg.s3_endpoint_url:
         rec = state.get("s3")
-        if rec and process.is_running(rec["pid"]) and _answers(_s3(cfg, int(rec["port"]))):
+        if rec and _adoptable_s3(cfg, int(rec["pid"]), int(rec["port"])):
             s3_port = int(rec["port"])
         else:
+            if rec and _s3(cfg, int(rec["port"])).is_ours(int(rec["pid"])):
+                # Ours but not serving: it cannot share the data directory with a new one.
+                process.stop(int(rec["pid"]), grace=s3.STOP_GRACE.get(str(rec.get("kind")), 2.0))
             s3_port = _port(cfg.s3_port, cfg.s3_port_explicit, "s3 (KNFN_S3_PORT)", report)
-            server = _s3(cfg, s3_port)
-            proc = server.start()
-            state["s3"] = {"pid": proc.pid, "port": s3_port, "kind": server.kind}
+            pid, s3_port = _start_retrying(
+                lambda port: _s3(cfg, port).start().pid,
+                s3_port,
+                cfg.s3_port_explicit,
+                "s3 (KNFN_S3_PORT)",
+                report,
+                same_port_retry=True,
+            )
+            state["s3"] = {"pid": pid, "port": s3_port, "kind": _s3(cfg, s3_port).kind}
             _save(cfg, state)
             started.append("s3")
 
     return _reach(cfg, pg_port, s3_port, tuple(started))
+
+
+PG_KIND = "embedded-postgres"
+
+
+def _adopt_pg(cfg: BackingConfig) -> postgres.Postmaster | None:
+    """Our data directory's running postmaster when it serves us; a broken one is stopped."""
+    found = postgres.postmaster(cfg.pg_data_dir)
+    if found is None:
+        return None
+    server = _pg(cfg, found.port)
+    if found.status == "ready" and process.listens(found.pid, found.port) and server.answers():
+        server.secure_and_create()
+        return found
+    # Ours (it holds our data directory) but not serving: a new one could not start beside it.
+    process.stop(found.pid, first=signal.SIGINT, grace=15.0)
+    return None
+
+
+def _adoptable_s3(cfg: BackingConfig, pid: int, port: int) -> bool:
+    server = _s3(cfg, port)
+    return (
+        server.is_ours(pid)
+        and process.listens(pid, port)
+        and s3.answers(server.endpoint, server.credentials)
+    )
+
+
+def _start_retrying(
+    start: Callable[[int], int],
+    port: int,
+    explicit: bool,
+    what: str,
+    report: Report,
+    *,
+    same_port_retry: bool = False,
+) -> tuple[int, int]:
+    """start(port) -> pid; when a port was taken in between, again on another free port.
+
+    same_port_retry: the server binds ports of its own besides this one (SeaweedFS), so a clash
+    may be on one of those; an explicit port is then tried again as it is.
+    """
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return start(port), port
+        except (postgres.PortTaken, s3.PortTaken) as exc:
+            if attempt == START_ATTEMPTS or (explicit and not same_port_retry):
+                if explicit:
+                    raise PortInUseError(f"{what}: {exc} (change or unset it)") from None
+                raise
+            if not explicit:
+                chosen = ports.free_port()
+                report(f"{what}: port {port} was taken while starting, using {chosen}")
+                port = chosen
+    raise AssertionError("unreachable")
 
 
 def find(cfg: BackingConfig) -> BackingEnv | None:
@@ -205,10 +324,6 @@ def find(cfg: BackingConfig) -> BackingEnv | None:
     )
 
 
-def _answers(server: s3.LocalS3) -> bool:
-    return s3.answers(server.endpoint, server.credentials)
-
-
 def _reach(
     cfg: BackingConfig, pg_port: int, s3_port: int, started: tuple[str, ...] = ()
 ) -> BackingEnv:
@@ -217,14 +332,15 @@ def _reach(
         app_url = cfg.database_url
         knfn_url = cfg.knfn_database_url or cfg.database_url
     else:
-        app_url = postgres.url(pg_port, postgres.APP_DATABASE)
-        knfn_url = cfg.knfn_database_url or postgres.url(pg_port, postgres.KNFN_DATABASE)
+        server = _pg(cfg, pg_port)
+        app_url = server.url(postgres.APP_DATABASE)
+        knfn_url = cfg.knfn_database_url or server.url(postgres.KNFN_DATABASE)
     if cfg.s3_endpoint_url:
         endpoint = cfg.s3_endpoint_url
         creds = s3.Credentials(cfg.s3_access_key or "", cfg.s3_secret_key or "")
     else:
-        server = _s3(cfg, s3_port)
-        endpoint, creds = server.endpoint, server.credentials
+        local = _s3(cfg, s3_port)
+        endpoint, creds = local.endpoint, local.credentials
     return BackingEnv(
         database_url=app_url,
         knfn_database_url=knfn_url,
@@ -236,14 +352,70 @@ def _reach(
     )
 
 
+# -- health and restart (the supervisor's blocking half; see knfn.backing.supervise) -----------
+def embedded(cfg: BackingConfig) -> tuple[str, ...]:
+    """The services knfn runs itself (the others are external: not ours to watch)."""
+    return tuple(
+        name
+        for name, external in (("postgres", cfg.database_url), ("s3", cfg.s3_endpoint_url))
+        if not external
+    )
+
+
+def check(cfg: BackingConfig, name: str) -> Health:
+    """Is the recorded server of name alive, ours and answering?"""
+    rec = _load(cfg).get(name)
+    if rec is None:
+        return Health.DEAD
+    pid, port = int(rec["pid"]), int(rec["port"])
+    if name == "postgres":
+        found = postgres.postmaster(cfg.pg_data_dir)
+        if found is None or found.pid != pid:
+            return Health.DEAD
+        # A generous timeout: a busy machine must not make a healthy server look hung.
+        return Health.UP if _pg(cfg, port).answers(timeout=3) else Health.UNANSWERING
+    server = _s3(cfg, port)
+    if not server.is_ours(pid):
+        return Health.DEAD
+    return Health.UP if s3.http_answers(server.endpoint) else Health.UNANSWERING
+
+
+def restart(cfg: BackingConfig, name: str) -> int:
+    """Start name again on its recorded port (the URLs handed out name it); returns the pid.
+
+    Whatever is left of the old server (a hung process, orphaned workers holding Postgres's
+    shared memory) is stopped first.
+    """
+    state = _load(cfg)
+    rec = state[name]
+    pid, port = int(rec["pid"]), int(rec["port"])
+    if name == "postgres":
+        found = postgres.postmaster(cfg.pg_data_dir)
+        if found is not None:
+            process.stop(found.pid, first=signal.SIGINT, grace=5.0)
+        process.kill_group(pid)
+        new_pid = _pg(cfg, port).start().pid
+    else:
+        server = _s3(cfg, port)
+        if server.is_ours(pid):
+            process.stop(pid, grace=s3.STOP_GRACE.get(server.kind, 2.0))
+        process.kill_group(pid)
+        new_pid = server.start().pid
+    state = _load(cfg)
+    state[name] = {**rec, "pid": new_pid}
+    _save(cfg, state)
+    return new_pid
+
+
+# -- status and stop ---------------------------------------------------------------------------
 def status(cfg: BackingConfig) -> list[ServiceStatus]:
-    """One line per service: external, running (with pid) or stopped."""
+    """One line per service: external, running (with pid) or stopped. URLs carry no secrets."""
     state = _load(cfg)
     out: list[ServiceStatus] = []
     if cfg.database_url:
-        out.append(ServiceStatus("postgres", "external", "external", _redact(cfg.database_url)))
+        out.append(ServiceStatus("postgres", "external", "external", redact(cfg.database_url)))
     else:
-        out.append(_recorded(cfg, state, "postgres", "embedded-postgres", "postgres.log"))
+        out.append(_recorded(cfg, state, "postgres", PG_KIND, "postgres.log"))
     if cfg.s3_endpoint_url:
         out.append(ServiceStatus("s3", "external", "external", cfg.s3_endpoint_url))
     else:
@@ -255,6 +427,9 @@ def _recorded(
     cfg: BackingConfig, state: Mapping[str, Mapping[str, Any]], name: str, kind: str, log: str
 ) -> ServiceStatus:
     rec = state.get(name)
+    if not rec and name == "postgres" and (found := postgres.postmaster(cfg.pg_data_dir)):
+        # Running on our data directory though never recorded (a start cut short): show it.
+        rec = {"pid": found.pid, "port": found.port, "kind": kind}
     if not rec:
         return ServiceStatus(name, kind, "stopped", "")
     port = int(rec["port"])
@@ -275,12 +450,24 @@ def _recorded(
 
 
 def down(cfg: BackingConfig, only: tuple[str, ...] | None = None) -> list[str]:
-    """Stop the embedded services knfn recorded (all, or only the named); returns the stopped."""
+    """Stop the embedded services knfn recorded (all, or only the named); returns the stopped.
+
+    A postmaster still running on our data directory is stopped even when it was never
+    recorded (a start cut short), so nothing of ours is left behind unseen.
+    """
     state = _load(cfg)
     stopped: list[str] = []
     for name in ("s3", "postgres"):
+        if only is not None and name not in only:
+            continue
         rec = state.get(name)
-        if rec is None or (only is not None and name not in only):
+        if name == "postgres" and not cfg.database_url:
+            found = postgres.postmaster(cfg.pg_data_dir)
+            if found is not None and (rec is None or int(rec["pid"]) != found.pid):
+                process.stop(found.pid, first=signal.SIGINT, grace=15.0)
+                if rec is None:
+                    stopped.append(name)
+        if rec is None:
             continue
         pid = int(rec["pid"])
         if name == "postgres":
@@ -294,12 +481,21 @@ def down(cfg: BackingConfig, only: tuple[str, ...] | None = None) -> list[str]:
     return stopped
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """A URL with its password replaced, for printing."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(url)
     if parts.password is None:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+SECRET_KEYS = ("AWS_SECRET_ACCESS_KEY",)
+
+
+def redacted_env(env: Mapping[str, str]) -> dict[str, str]:
+    """A function env fit for printing: passwords in URLs and secret keys replaced by ***."""
+    return {
+        key: "***" if key in SECRET_KEYS else redact(value) if "://" in value else value
+        for key, value in env.items()
+    }
