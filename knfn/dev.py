@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from knfn import admin, admin_api, autoscaling, manifests, watch
+from knfn import admin, admin_api, autoscaling, manifests, server, watch
 from knfn.backing import services
 from knfn.errors import KnfnError
 from knfn.eventing import config as eventing_config
@@ -163,10 +163,8 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         gateway = Gateway(serving.route, serving.known_hosts, eventing.local)
         admin_app = admin_api.build(_status(serving, eventing), eventing.events)
         for app, port in ((gateway.app, options.port), (admin_app, options.admin_port)):
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=options.shutdown_timeout)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            runners.append(runner)
+            # Header read timeout, JSON parse errors (knfn/server.py).
+            runners.append(await server.serve(app, port, shutdown_timeout=options.shutdown_timeout))
 
         # 6. The autoscaler loop, and the watcher.
         background.append(asyncio.create_task(serving.run(scaler_cfg.tick_interval, halt)))
