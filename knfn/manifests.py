@@ -18,20 +18,7 @@ from knfn import autoscaling, schema, traffic
 from knfn.errors import KnfnError
 from knfn.traffic import TrafficTarget
 
-KNOWN_KINDS: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("serving.knative.dev/v1", "Service"),
-        ("eventing.knative.dev/v1", "Broker"),
-        ("eventing.knative.dev/v1", "Trigger"),
-        ("sources.knative.dev/v1", "SinkBinding"),
-        ("sources.knative.dev/v1", "PingSource"),
-        ("flows.knative.dev/v1", "Sequence"),
-        ("flows.knative.dev/v1", "Parallel"),
-        ("v1", "ConfigMap"),
-        ("v1", "Secret"),
-        ("batch/v1", "Job"),
-    }
-)
+KNOWN_KINDS: frozenset[tuple[str, str]] = frozenset(schema.KINDS)
 # The runtime contract reserves these; Knative rejects a Service that sets them.
 RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
 
@@ -128,7 +115,7 @@ def _build(objects: Iterable[tuple[Path, dict[str, Any]]], functions_dir: Path |
         label = f"{kind or '?'} {name or '?'}"
         if (api, kind) not in KNOWN_KINDS:
             raise ManifestError(path, label, "apiVersion/kind", f"unknown kind {api!r}/{kind!r}")
-        unknown = schema.unknown_fields(kind, doc)
+        unknown = schema.unknown_fields(doc)
         if unknown:
             first, rest = unknown[0], [u.path for u in unknown[1:]]
             more = f" (also unknown: {', '.join(rest)})" if rest else ""

@@ -182,19 +182,19 @@ def _object(**body: Node) -> Fields:
     return _fields("apiVersion", "kind", "status", metadata=OBJECT_META, **body)
 
 
-KINDS: Mapping[str, Fields] = {
-    "Service": _object(spec=SERVICE_SPEC),
-    "Broker": _object(spec=BROKER_SPEC),
-    "Trigger": _object(spec=TRIGGER_SPEC),
-    "SinkBinding": _object(spec=SINK_BINDING_SPEC),
-    "PingSource": _object(spec=PING_SOURCE_SPEC),
-    "Sequence": _object(spec=SEQUENCE_SPEC),
-    "Parallel": _object(spec=PARALLEL_SPEC),
-    "ConfigMap": _fields("apiVersion", "kind", "data", "binaryData", "immutable",
-                         metadata=OBJECT_META),
-    "Secret": _fields("apiVersion", "kind", "data", "stringData", "type", "immutable",
-                      metadata=OBJECT_META),
-    "Job": _object(spec=FREE),
+KINDS: Mapping[tuple[str, str], Fields] = {
+    ("serving.knative.dev/v1", "Service"): _object(spec=SERVICE_SPEC),
+    ("eventing.knative.dev/v1", "Broker"): _object(spec=BROKER_SPEC),
+    ("eventing.knative.dev/v1", "Trigger"): _object(spec=TRIGGER_SPEC),
+    ("sources.knative.dev/v1", "SinkBinding"): _object(spec=SINK_BINDING_SPEC),
+    ("sources.knative.dev/v1", "PingSource"): _object(spec=PING_SOURCE_SPEC),
+    ("flows.knative.dev/v1", "Sequence"): _object(spec=SEQUENCE_SPEC),
+    ("flows.knative.dev/v1", "Parallel"): _object(spec=PARALLEL_SPEC),
+    ("v1", "ConfigMap"): _fields("apiVersion", "kind", "data", "binaryData", "immutable",
+                                 metadata=OBJECT_META),
+    ("v1", "Secret"): _fields("apiVersion", "kind", "data", "stringData", "type", "immutable",
+                              metadata=OBJECT_META),
+    ("batch/v1", "Job"): _object(spec=FREE),
 }  # fmt: skip
 
 
@@ -212,9 +212,9 @@ class UnknownField:
         return f"unknown field; {hint}known here: {', '.join(self.known)}"
 
 
-def unknown_fields(kind: str, doc: Mapping[str, Any]) -> list[UnknownField]:
+def unknown_fields(doc: Mapping[str, Any]) -> list[UnknownField]:
     """Every unknown field of one object, in document order ([] for a kind not listed)."""
-    schema = KINDS.get(kind)
+    schema = KINDS.get((str(doc.get("apiVersion", "")), str(doc.get("kind", ""))))
     found: list[UnknownField] = []
     if schema is not None:
         _walk(doc, schema, "", found)
