@@ -133,8 +133,16 @@ class _Server(web.Server):
 class Runner(web.AppRunner):
     """``web.AppRunner`` whose connections time headers out and answer parse errors in JSON."""
 
-    def __init__(self, app: web.Application, *, header_timeout: float = HEADER_TIMEOUT) -> None:
-        super().__init__(app, access_log=None, header_timeout=header_timeout)
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        header_timeout: float = HEADER_TIMEOUT,
+        shutdown_timeout: float = 60.0,
+    ) -> None:
+        super().__init__(
+            app, access_log=None, shutdown_timeout=shutdown_timeout, header_timeout=header_timeout
+        )
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -144,10 +152,15 @@ class Runner(web.AppRunner):
 
 
 async def serve(
-    app: web.Application, port: int, *, header_timeout: float = HEADER_TIMEOUT
+    app: web.Application,
+    port: int,
+    *,
+    header_timeout: float = HEADER_TIMEOUT,
+    shutdown_timeout: float = 60.0,
 ) -> Runner:
-    """Serve app on 127.0.0.1:port; the caller calls ``cleanup()`` on the runner to stop."""
-    runner = Runner(app, header_timeout=header_timeout)
+    """Serve app on 127.0.0.1:port; the caller calls ``cleanup()`` on the runner to stop (it
+    waits up to shutdown_timeout for requests in flight, as ``web.AppRunner`` does)."""
+    runner = Runner(app, header_timeout=header_timeout, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner
