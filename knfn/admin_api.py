@@ -1,8 +1,15 @@
-"""The admin API on its own loopback port: /status (JSON), /metrics (Prometheus), / (dashboard)."""
+"""The admin API on its own loopback port: /status (JSON), /metrics (Prometheus), / (dashboard).
+
+Listening on 127.0.0.1 is not enough: a web page can point a name of its own at 127.0.0.1 (DNS
+rebinding) and then read /events as same-origin. So requests are served only when their Host is
+a loopback name (``127.0.0.1``, ``localhost``, ``[::1]``, each with or without a port), as
+Jupyter and Vite check theirs; anything else is refused with 421 naming the host.
+"""
 
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,6 +20,31 @@ from knfn.metrics import REGISTRY
 
 Status = Callable[[], Awaitable[dict[str, Any]]]
 Events = Callable[[int], Awaitable[list[dict[str, Any]]]]
+
+# Host header names served (RFC 9110 7.2: a host, optionally a port; names compare caselessly).
+LOOPBACK_HOST = re.compile(r"(?:127\.0\.0\.1|localhost|\[::1\])(?::[0-9]{1,5})?", re.IGNORECASE)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """Whether a Host header value names this machine's loopback interface."""
+    return host is not None and LOOPBACK_HOST.fullmatch(host) is not None
+
+
+@web.middleware
+async def loopback_hosts_only(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """421 (Misdirected Request) for a Host that is not a loopback name."""
+    host = request.headers.get("Host")
+    if not is_loopback_host(host):
+        return web.json_response(
+            {
+                "error": f"host {host!r} is not served here; use 127.0.0.1 or localhost",
+                "host": host,
+            },
+            status=421,
+        )
+    return await handler(request)
 
 
 def build(status: Status, events: Events) -> web.Application:
@@ -35,7 +67,7 @@ def build(status: Status, events: Events) -> web.Application:
     async def dashboard(_: web.Request) -> web.Response:
         return web.Response(text=render(await status()), content_type="text/html")
 
-    app = web.Application()
+    app = web.Application(middlewares=[loopback_hosts_only])
     app.router.add_get("/status", get_status)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/events", get_events)

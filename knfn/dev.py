@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from knfn import admin, admin_api, autoscaling, manifests, watch
+from knfn import admin, admin_api, autoscaling, manifests, server, watch
 from knfn.backing import services
 from knfn.backing.supervise import supervise
 from knfn.errors import KnfnError
@@ -167,12 +167,16 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         gateway = Gateway(serving.route, serving.known_hosts, eventing.local)
         admin_app = admin_api.build(_status(serving, eventing), eventing.events)
         for app, port in ((gateway.app, options.port), (admin_app, options.admin_port)):
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=options.shutdown_timeout)
-            await runner.setup()
-            sock = options.listeners.get(port)
-            site = web.SockSite(runner, sock) if sock else web.TCPSite(runner, "127.0.0.1", port)
-            await site.start()
-            runners.append(runner)
+            # Header read timeout, JSON parse errors (knfn/server.py); the sockets bound by the
+            # CLI before anything started, when it bound them.
+            runners.append(
+                await server.serve(
+                    app,
+                    port,
+                    sock=options.listeners.get(port),
+                    shutdown_timeout=options.shutdown_timeout,
+                )
+            )
 
         # 6. The autoscaler loop, and the watcher.
         background.append(asyncio.create_task(serving.run(scaler_cfg.tick_interval, halt)))

@@ -6,24 +6,41 @@ a 404 naming the known Services: the gateway is never an open proxy. Bodies stre
 Statuses as Knative's: 503 when the revision's queue is full, 504 when ``timeoutSeconds`` (which
 includes the wait for a cold start) or ``responseStartTimeoutSeconds`` runs out, 502 when the
 replica fails.
+
+Slow clients. A replica slot (containerConcurrency) is the scarce thing, so a request takes one
+only once its body is ready to go: the gateway first reads the body, up to ``BODY_BUFFER`` bytes,
+within ``body_timeout`` (408 otherwise), and only then waits for a slot; a longer body streams
+on from there, and a pause of more than ``body_idle_timeout`` between its chunks ends the request
+(408). So a client trickling its body holds a connection and at most ``BODY_BUFFER`` bytes, never
+a slot. Knative's own servers set no body timeout (knative.dev/pkg network/server.go sets only
+ReadHeaderTimeout; queue-proxy's breaker slot is held while the body streams, bounded only by
+timeoutSeconds): stricter here because one laptop has few slots. Requests without a body (most
+GETs) skip all this: the hot path costs one attribute read. Header timeouts and JSON parse
+errors are server.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
 from aiohttp import web
 
-from knfn import metrics
+from knfn import metrics, server
 from knfn.routing import Target, parse_host
 from knfn.throttler import Overloaded, Throttler
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Read before a slot is taken: every CloudEvent and JSON body fits, and 200 slow clients at this
+# bound hold 50 MiB at most. Larger bodies (uploads) stream once this much has arrived.
+BODY_BUFFER = 256 * 1024
+BODY_TIMEOUT = 10.0  # seconds to send the body, or its first BODY_BUFFER bytes
+BODY_IDLE_TIMEOUT = 10.0  # longest pause between chunks of a body streamed past BODY_BUFFER
 
 # RFC 9110 7.6.1: connection-specific headers are not forwarded.
 HOP_BY_HOP = frozenset(
@@ -72,7 +89,12 @@ class Gateway:
         route: Callable[[Target], Backend | None],
         known: Callable[[], list[str]],
         local: Callable[[Target], Handler | None] = lambda _: None,
+        *,
+        body_timeout: float = BODY_TIMEOUT,
+        body_idle_timeout: float = BODY_IDLE_TIMEOUT,
     ) -> None:
+        self._body_timeout = body_timeout
+        self._body_idle_timeout = body_idle_timeout
         self._route = route
         self._known = known
         self._local = local
@@ -107,13 +129,41 @@ class Gateway:
                 404, f"no Knative Service for host {request.host!r}", services=self._known()
             )
         started = time.perf_counter()
-        response = await self._admit(request, backend)
+        body: _Body | None = None
+        if request.body_exists:
+            body = await self._read_head(request)
+            if body is None:
+                response: web.StreamResponse = _too_slow(
+                    f"request body not received within {self._body_timeout:g}s"
+                )
+                metrics.REQUESTS.labels(*backend.labels, "408").inc()
+                return response
+        response = await self._admit(request, backend, body)
         labels = backend.labels
         metrics.REQUESTS.labels(*labels, str(response.status)).inc()
         metrics.LATENCY.labels(*labels).observe(time.perf_counter() - started)
         return response
 
-    async def _admit(self, request: web.Request, backend: Backend) -> web.StreamResponse:
+    async def _read_head(self, request: web.Request) -> _Body | None:
+        """The body, or its first BODY_BUFFER bytes, read within body_timeout (None: too slow)."""
+        content = request.content
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                while size < BODY_BUFFER:
+                    chunk = await content.readany()
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+        except TimeoutError:
+            return None
+        return _Body(b"".join(chunks), content.at_eof())
+
+    async def _admit(
+        self, request: web.Request, backend: Backend, body: _Body | None
+    ) -> web.StreamResponse:
         """Hold the request for a replica slot (or refuse it), then forward it."""
         throttler = backend.throttler
         try:
@@ -123,14 +173,14 @@ class Gateway:
                 except Overloaded as exc:
                     return _error(503, f"{backend.name}: {exc}")
                 try:
-                    return await self._forward(request, backend, endpoint.url)
+                    return await self._forward(request, backend, endpoint.url, body)
                 finally:
                     throttler.release(endpoint)
         except TimeoutError:
             return _error(504, f"{backend.name} did not answer within {backend.timeout_seconds:g}s")
 
     async def _forward(
-        self, request: web.Request, backend: Backend, base: str
+        self, request: web.Request, backend: Backend, base: str, body: _Body | None
     ) -> web.StreamResponse:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -140,7 +190,9 @@ class Gateway:
         headers["X-Forwarded-Proto"] = request.scheme
         headers["X-Forwarded-Host"] = request.host
         headers["Host"] = request.host
-        body = request.content if request.body_exists else None
+        data: bytes | AsyncIterator[bytes] | None = None
+        if body is not None:
+            data = body.head if body.complete else self._rest(request, body)
         response: web.StreamResponse | None = None
         try:
             async with asyncio.timeout(backend.response_start_timeout_seconds):
@@ -148,7 +200,7 @@ class Gateway:
                     request.method,
                     base + request.rel_url.path_qs,
                     headers=headers,
-                    data=body,
+                    data=data,
                     allow_redirects=False,
                 )
             try:
@@ -171,14 +223,45 @@ class Gateway:
                 if request.transport is not None:
                     request.transport.close()
                 return response
+            if body is not None and body.stalled:
+                return _too_slow(f"request body paused for more than {self._body_idle_timeout:g}s")
             if isinstance(exc, TimeoutError):
                 raise  # the request's own deadline, or the response-start one: 504
             return _error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
 
+    async def _rest(self, request: web.Request, body: _Body) -> AsyncIterator[bytes]:
+        """The buffered head, then the rest of the body as it arrives, with an idle timeout."""
+        yield body.head
+        content = request.content
+        while True:
+            try:
+                async with asyncio.timeout(self._body_idle_timeout):
+                    chunk = await content.readany()
+            except TimeoutError:
+                body.stalled = True
+                raise ConnectionAbortedError("request body stalled") from None
+            if not chunk:
+                return
+            yield chunk
+
+
+@dataclass(eq=False)
+class _Body:
+    """A request body as read before its slot: all of it, or its first BODY_BUFFER bytes."""
+
+    head: bytes
+    complete: bool
+    stalled: bool = False  # set when the streamed rest paused past the idle timeout
+
+
+def _too_slow(message: str) -> web.Response:
+    # The unread rest of the body makes the connection useless: close it after the answer.
+    response = _error(408, message)
+    response.force_close()
+    return response
+
 
 def _error(status: int, message: str, **extra: object) -> web.Response:
     return web.Response(
-        status=status,
-        text=json.dumps({"error": message, **extra}),
-        content_type="application/json",
+        status=status, body=server.error_body(message, **extra), content_type="application/json"
     )

@@ -1,7 +1,8 @@
 """The Knative manifests in knative/base, read as the one source of truth.
 
 Only what knfn acts on is modelled (Services, ConfigMaps, Secrets); every other object must still
-be of a known kind so that a typo stops start-up. Errors name the file, the object and the field.
+be of a known kind, and every object may hold only the fields its type has (schema.py), so that a
+typo stops start-up as Knative's webhook would. Errors name the file, the object and the field.
 """
 
 from __future__ import annotations
@@ -13,24 +14,11 @@ from typing import Any
 
 import yaml
 
-from knfn import autoscaling, traffic
+from knfn import autoscaling, schema, traffic
 from knfn.errors import KnfnError
 from knfn.traffic import TrafficTarget
 
-KNOWN_KINDS: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("serving.knative.dev/v1", "Service"),
-        ("eventing.knative.dev/v1", "Broker"),
-        ("eventing.knative.dev/v1", "Trigger"),
-        ("sources.knative.dev/v1", "SinkBinding"),
-        ("sources.knative.dev/v1", "PingSource"),
-        ("flows.knative.dev/v1", "Sequence"),
-        ("flows.knative.dev/v1", "Parallel"),
-        ("v1", "ConfigMap"),
-        ("v1", "Secret"),
-        ("batch/v1", "Job"),
-    }
-)
+KNOWN_KINDS: frozenset[tuple[str, str]] = frozenset(schema.KINDS)
 # The runtime contract reserves these; Knative rejects a Service that sets them.
 RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
 
@@ -127,6 +115,11 @@ def _build(objects: Iterable[tuple[Path, dict[str, Any]]], functions_dir: Path |
         label = f"{kind or '?'} {name or '?'}"
         if (api, kind) not in KNOWN_KINDS:
             raise ManifestError(path, label, "apiVersion/kind", f"unknown kind {api!r}/{kind!r}")
+        unknown = schema.unknown_fields(doc)
+        if unknown:
+            first, rest = unknown[0], [u.path for u in unknown[1:]]
+            more = f" (also unknown: {', '.join(rest)})" if rest else ""
+            raise ManifestError(path, label, first.path, first.problem + more)
         if not name:
             raise ManifestError(path, label, "metadata.name", "is required")
         namespace = str(meta.get("namespace") or "default")

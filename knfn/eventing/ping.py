@@ -16,10 +16,10 @@ follows (knative/eventing unless named):
   (knative.dev/pkg ``apis/duck/v1/source_types.go``) and are lowercased, as the CloudEvents Go
   SDK does when it sets them.
 * Stricter than upstream, so that a mistake cannot pass silently: unknown ``spec`` fields are
-  refused; a ``ceOverrides`` extension named like a context attribute (``type``, ``id``, ...)
-  is refused instead of producing an event with two values for it; ``contentType``, when
-  there is data, must be a media type (``type/subtype``), since an event with anything else is
-  refused by every CloudEvents receiver.
+  refused (knfn/schema.py); a ``ceOverrides`` extension named like a context attribute
+  (``type``, ``id``, ...) is refused instead of producing an event with two values for it;
+  ``contentType``, when there is data, must be a media type (``type/subtype``), since an event
+  with anything else is refused by every CloudEvents receiver.
 * Cron grammar (robfig/cron v3 ``parser.go``, not croniter's): fields are comma lists of
   ``*``, ``?``, ``N``, ``N-M`` with an optional ``/step``; ``N/step`` runs from N to the
   field's maximum; month and weekday take three-letter English names; weekdays are 0-6
@@ -80,9 +80,6 @@ SEND_RETRYABLE = frozenset({404, 413, 425, 429, 502, 503, 504})
 SEND_TIMEOUT = 60.0
 SEARCH_YEARS = 5  # how far next_fire looks ahead, as robfig/cron does
 
-_SPEC_FIELDS = frozenset(
-    {"sink", "ceOverrides", "schedule", "timezone", "contentType", "data", "dataBase64"}
-)
 _CONTEXT_ATTRIBUTES = frozenset(
     {"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time"}
 )
@@ -358,9 +355,7 @@ def _ping_source(m: Manifests, path: Path, doc: Mapping[str, Any]) -> PingSource
     spec = doc.get("spec") or {}
     if not isinstance(spec, Mapping):
         raise fail("spec", "must be an object")
-    for key in spec:
-        if key not in _SPEC_FIELDS:
-            raise fail(f"spec.{key}", f"unknown field; a PingSource has {_names(_SPEC_FIELDS)}")
+    # Unknown fields were refused when the manifests were read (knfn/schema.py).
     schedule = _string(spec, "schedule", fail) or DEFAULT_SCHEDULE
     timezone = _string(spec, "timezone", fail)
     content_type = _string(spec, "contentType", fail)
@@ -472,10 +467,6 @@ def _split(message: str, default_field: str) -> tuple[str, str]:
     """("spec.sink.uri", "must be ...") from a message "spec.sink.uri: must be ..."."""
     fld, sep, problem = message.partition(": ")
     return (fld, problem) if sep and " " not in fld else (default_field, message)
-
-
-def _names(names: frozenset[str]) -> str:
-    return ", ".join(sorted(names))
 
 
 # -- the scheduler ---------------------------------------------------------------------------

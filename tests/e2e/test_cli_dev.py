@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,6 +146,27 @@ def test_pipeline_image_to_query_with_thumbnail(dev: Dev) -> None:
         ("dev.knfn.thumbnail.created", "catalog-thumbnail-created"),
         ("dev.knfn.object.stored", "event-display-all"),
     } <= triggers
+
+
+def test_http_faces_refuse_bad_requests_in_json(dev: Dev) -> None:
+    """Admin API: Host evil.example 421, its own address served; both faces: garbage 400, an
+    oversized header 431, each with a JSON error."""
+    admin = f"http://127.0.0.1:{dev.admin_port}/status"
+    status, body = _open(urllib.request.Request(admin, headers={"Host": "evil.example"}), None)
+    assert status == 421 and json.loads(body)["host"] == "evil.example"
+    status, body = _open(urllib.request.Request(admin), None)  # Host: 127.0.0.1:PORT
+    assert status == 200 and "services" in json.loads(body)
+    for port in (dev.port, dev.admin_port):
+        for raw, expected in (
+            (b"GARBAGE\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: localhost\r\nX: " + b"a" * 9000 + b"\r\n\r\n", 431),
+        ):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(raw)
+                answer = conn.makefile("rb").read()
+            head, _, payload = answer.partition(b"\r\n\r\n")
+            assert head.split()[1] == str(expected).encode(), answer
+            assert "error" in json.loads(payload)
 
 
 def test_sigterm_stops_every_process_it_started(dev: Dev) -> None:

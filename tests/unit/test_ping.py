@@ -381,7 +381,11 @@ def test_sink_may_be_a_broker_or_a_sequence(tmp_path: Path) -> None:
             "spec.ceOverrides.extensions.n",
             "must be a string",
         ),
-        ("ceOverrides: {other: {}}\n" + SINK_REF, "spec.ceOverrides", "only extensions"),
+        (
+            "ceOverrides: {other: {}}\n" + SINK_REF,
+            "spec.ceOverrides.other",
+            "known here: extensions",
+        ),
         ('scheduel: "* * * * *"\n' + SINK_REF, "spec.scheduel", "unknown field"),
     ],
 )
