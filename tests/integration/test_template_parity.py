@@ -92,7 +92,8 @@ def replica(
 
 
 def new_template(directory: Path, env_for: EnvFor, printer: Printer) -> Template:
-    template = Template("svc/svc-00001/template", FUNCTIONS_FRAMEWORK, directory, env_for(0), printer)
+    name = "svc/svc-00001/template"
+    template = Template(name, FUNCTIONS_FRAMEWORK, directory, env_for(0), printer)
     template.start()
     return template
 
