@@ -1,19 +1,22 @@
-"""Cold start: hello through the knfn gateway with its revision at zero, beside a bare spawn.
+"""Cold start: hello through the gateway at zero, replicas forked vs spawned, and a bare spawn.
 
-One run of `knfn dev` with the autoscaler's local overrides set so that an idle revision goes to
-zero within a second or two. Each of --runs rounds:
+Two runs of `knfn dev`, one per way of starting replicas (`--replica-start fork`, the default:
+forks of the revision's template; then `spawn`: a new functions-framework process each), with
+the autoscaler's local overrides set so that an idle revision goes to zero within a second or
+two. Each of --runs rounds in each run:
 
 1. wait until /status shows hello's revision with no ready replica and no replica at all, then
    time one request through the gateway from sending it to the first byte of the answer (the
-   activator holds it while a replica starts: knfn's whole cold path);
+   activator holds it while a replica starts: knfn's whole cold path); in the first rounds,
+   right after the answer, sum the PSS (/proc/PID/smaps_rollup) of the replica's process group
+   (gunicorn's arbiter and worker), and in the fork run that of the template;
 2. wait for zero again, then time a bare spawn of the same function: `functions-framework` with
    the environment a hello replica gets, polled until its first 200 (the floor any
    spawn-per-replica design stays above).
 
-Both are measured in the same run, interleaved, after one unmeasured round of each. Timings are
-printed, never asserted.
+All after one unmeasured round of each. Timings are printed, never asserted.
 
-    .venv/bin/python bench/coldstart.py [--runs 20]
+    .venv/bin/python bench/coldstart.py [--runs 50]
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ ZERO_TIMEOUT = 60.0
 SETTLE_SECONDS = 0.3
 SPAWN_POLL_SECONDS = 0.002
 SPAWN_TIMEOUT = 30.0
+PSS_ROUNDS = 5  # rounds whose replica's memory is measured (the median is reported)
+MODES = ("fork", "spawn")
 
 
 def first_byte(port: int, host: str) -> tuple[float, int, bytes]:
@@ -154,55 +159,125 @@ def knfn_cold_start_mean(dev: KnfnDev) -> float | None:
 
 def summary(name: str, seconds: Sequence[float]) -> list[str]:
     ms = [s * 1000 for s in seconds]
-    return [name] + [f"{v:.1f}" for v in (percentile(ms, 50), percentile(ms, 90), min(ms), max(ms))]
+    figures = (percentile(ms, 50), percentile(ms, 90), percentile(ms, 99), min(ms), max(ms))
+    return [name] + [f"{v:.1f}" for v in figures]
 
 
-def run(runs: int) -> int:
-    print(f"machine: {machine()}")
-    with KnfnDev(KNFN_ENV) as dev:
-        print(f"knfn: {dev.command_line()}")
+def pss_kib(pid: int) -> int:
+    """Proportional set size of one process in KiB (0 if it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in text.splitlines() if line.startswith("Pss:")), 0)
+
+
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command: state, ppid, pgrp, ..."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def group_pss(leader: int) -> int:
+    """PSS in KiB of every process in the group led by leader (a replica and its workers)."""
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    return sum(pss_kib(pid) for pid in pids if stat_fields(pid)[2:3] == [str(leader)])
+
+
+def replica_memory(dev: KnfnDev) -> tuple[int, int] | None:
+    """PSS of the replica that just answered, and of its template (0 for a spawned one)."""
+    replicas = dev.revision(SERVICE)["replicas"]
+    if not replicas or replicas[0]["pid"] is None:
+        return None
+    pid = int(replicas[0]["pid"])
+    ppid = int((stat_fields(pid) or ["", "0"])[1])
+    template = ppid if ppid and ppid != dev.pid else 0
+    return group_pss(pid), pss_kib(template) if template else 0
+
+
+class Measured:
+    """What one knfn run measured."""
+
+    def __init__(self) -> None:
+        self.cold: list[float] = []
+        self.bare: list[float] = []
+        self.memory: list[tuple[int, int]] = []
+        self.own: float | None = None
+
+
+def measure(mode: str, runs: int) -> Measured:
+    got = Measured()
+    with KnfnDev({**KNFN_ENV, "KNFN_REPLICA_START": mode}) as dev:
+        print(f"knfn: {dev.command_line()}", flush=True)
         env = replica_env(dev, 0)
         # Unmeasured: the revision's first bytecode compile, the OS page cache.
         cold_request(dev)
         wait_zero(dev)
         bare_spawn(env)
-        cold: list[float] = []
-        spawn: list[float] = []
         for _ in range(runs):
-            cold.append(cold_request(dev))
+            got.cold.append(cold_request(dev))
+            if len(got.memory) < PSS_ROUNDS and (memory := replica_memory(dev)) is not None:
+                got.memory.append(memory)
             wait_zero(dev)
-            spawn.append(bare_spawn(env))
-        own = knfn_cold_start_mean(dev)
+            got.bare.append(bare_spawn(env))
+        got.own = knfn_cold_start_mean(dev)
         code = dev.stop()
+    print(f"knfn --replica-start {mode}: exit code {code}", flush=True)
+    return got
+
+
+def median(values: Sequence[int]) -> float:
+    return percentile(values, 50) if values else 0.0
+
+
+def run(runs: int) -> int:
+    print(f"machine: {machine()}")
+    results = {mode: measure(mode, runs) for mode in MODES}
+    fork, spawn = results["fork"], results["spawn"]
+    bare = fork.bare + spawn.bare
     print(
         f"gateway: GET http://127.0.0.1:PORT/ -H 'Host: {HOST}' with hello at 0 replicas, "
-        f"timed to the first byte; spawn: {Path(sys.executable).parent / 'functions-framework'} "
-        f"in functions/{SERVICE}, polled every {SPAWN_POLL_SECONDS * 1000:g} ms until a 200; "
-        f"knfn exit code {code}"
+        f"timed to the first byte; bare spawn: "
+        f"{Path(sys.executable).parent / 'functions-framework'} in functions/{SERVICE}, polled "
+        f"every {SPAWN_POLL_SECONDS * 1000:g} ms until a 200, interleaved in both runs"
     )
     print()
-    print(f"Cold start of {SERVICE}, {runs} runs (after one unmeasured run of each)")
+    print(f"Cold start of {SERVICE}, {runs} runs each (after one unmeasured run of each)")
     rows = [
-        summary("knfn gateway, revision at zero", cold),
-        summary("bare spawn, Popen to first 200", spawn),
+        summary("gateway at zero, forked replica", fork.cold),
+        summary("gateway at zero, spawned replica", spawn.cold),
+        summary(f"bare spawn, Popen to first 200 (x{len(bare)})", bare),
     ]
-    print(table(("what", "p50 ms", "p90 ms", "min ms", "max ms"), rows))
-    cold_p50, spawn_p50 = percentile(cold, 50), percentile(spawn, 50)
-    print(
-        f"cold p50 / spawn p50: {cold_p50 / spawn_p50:.2f}x "
-        f"({(cold_p50 - spawn_p50) * 1000:+.1f} ms)"
-    )
-    if own is not None:
+    print(table(("what", "p50 ms", "p90 ms", "p99 ms", "min ms", "max ms"), rows))
+    bare_p50 = percentile(bare, 50)
+    for mode, got in results.items():
+        p50 = percentile(got.cold, 50)
         print(
-            f"knfn's knfn_cold_start_duration_seconds (request at zero to ready), mean of all "
-            f"{SERVICE} cold starts incl. the unmeasured one: {own * 1000:.1f} ms"
+            f"{mode} p50 / bare spawn p50: {p50 / bare_p50:.2f}x ({(p50 - bare_p50) * 1e3:+.1f} ms)"
         )
+    print()
+    print(f"Memory right after a cold start, median of the first {PSS_ROUNDS} rounds")
+    mib = 1024.0
+    memory_rows = [
+        ["forked replica (arbiter + worker)", f"{median([m for m, _ in fork.memory]) / mib:.1f}"],
+        ["spawned replica (arbiter + worker)", f"{median([m for m, _ in spawn.memory]) / mib:.1f}"],
+        ["template of the forked replicas", f"{median([t for _, t in fork.memory]) / mib:.1f}"],
+    ]
+    print(table(("process group", "PSS MiB"), memory_rows))
+    for mode, got in results.items():
+        if got.own is not None:
+            print(
+                f"knfn_cold_start_duration_seconds ({mode}; request at zero to ready), mean of "
+                f"all {SERVICE} cold starts incl. the unmeasured one: {got.own * 1000:.1f} ms"
+            )
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--runs", type=int, default=20, help="measured cold starts [20]")
+    parser.add_argument("--runs", type=int, default=50, help="measured cold starts per mode [50]")
     args = parser.parse_args(argv)
     try:
         return run(args.runs)

@@ -210,6 +210,15 @@ def admin_buckets(settings: Settings, names: tuple[str, ...]) -> None:
     help="The largest request body the broker ingress takes; larger gets 413 "
     "(env KNFN_MAX_EVENT_BYTES).",
 )
+@click.option(
+    "--replica-start",
+    envvar="KNFN_REPLICA_START",
+    type=click.Choice(["fork", "spawn"]),
+    default="fork",
+    show_default=True,
+    help="fork: replicas are forks of a template per revision that has imported the function "
+    "(Linux); spawn: a new functions-framework process each (env KNFN_REPLICA_START).",
+)
 @pass_settings
 @handle_errors
 def dev_command(
@@ -220,6 +229,7 @@ def dev_command(
     dispatchers: int,
     shutdown_timeout: float,
     max_event_bytes: int,
+    replica_start: str,
 ) -> None:
     """Run the whole system: backing services, admin processes, every Service, the gateway."""
     # Checked before anything starts, so a clash costs one line and leaves nothing running:
@@ -238,7 +248,7 @@ def dev_command(
 
     options = dev.DevOptions(
         port, admin_port, watch, dict(os.environ), dispatchers, shutdown_timeout, max_event_bytes,
-        listeners=listeners,
+        listeners=listeners, replica_start=replica_start,
     )  # fmt: skip
     try:
         uvloop.run(dev.run(settings, options, Printer()))

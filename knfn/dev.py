@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from knfn import admin, admin_api, autoscaling, manifests, server, watch
+from knfn import admin, admin_api, autoscaling, manifests, server, template, watch
 from knfn.backing import services
 from knfn.backing.supervise import supervise
 from knfn.errors import KnfnError
@@ -62,6 +62,7 @@ class DevOptions:
     max_event_bytes: int = 1024 * 1024
     # Ports the CLI already bound (so a busy one failed before anything started), by port.
     listeners: Mapping[int, socket.socket] = field(default_factory=dict)
+    replica_start: str = "fork"  # or "spawn": no templates (knfn/template.py)
 
 
 def _status(serving: Serving, eventing: Eventing) -> admin_api.Status:
@@ -148,6 +149,7 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
             caps=Caps.for_machine(options.host_env),
             functions_dir=settings.functions_dir,
             records=records,
+            templates=options.replica_start == "fork" and template.supported(),
         )
         serving = Serving(ctx, m)
         await serving.apply(m)

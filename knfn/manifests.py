@@ -16,6 +16,7 @@ import yaml
 
 from knfn import autoscaling, schema, traffic
 from knfn.errors import KnfnError
+from knfn.template import validate_annotations as validate_replica_start
 from knfn.traffic import TrafficTarget
 
 KNOWN_KINDS: frozenset[tuple[str, str]] = frozenset(schema.KINDS)
@@ -164,7 +165,7 @@ def _service(
         raise ManifestError(
             path, label, "spec.template.metadata.name", f"{explicit!r} must start with {name}-"
         )
-    problems = autoscaling.validate_annotations(annotations)
+    problems = autoscaling.validate_annotations(annotations) + validate_replica_start(annotations)
     if problems:
         raise ManifestError(path, label, "spec.template.metadata.annotations", "; ".join(problems))
     targets, problems = traffic.parse((doc.get("spec") or {}).get("traffic"))

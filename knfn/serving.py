@@ -27,6 +27,7 @@ from knfn.replica_records import ReplicaRecords
 from knfn.revisions import Revision, RevisionStore
 from knfn.routing import Target
 from knfn.supervisor import Replica, ReplicaError, ReplicaSpec
+from knfn.template import Template, start_mode
 from knfn.throttler import Endpoint, Throttler
 
 READY_TIMEOUT = 60.0
@@ -72,6 +73,7 @@ class Context:
     functions_dir: Path
     records: ReplicaRecords  # of the state dir: replicas a killed run left are found there
     clock: Callable[[], float] = time.monotonic
+    templates: bool = False  # fork replicas from a template per revision (knfn/template.py)
 
 
 class RevisionRuntime:
@@ -94,6 +96,7 @@ class RevisionRuntime:
         self._cold_since: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._labels = (service.namespace, service.name, revision.name)
+        self.template = self._new_template()
 
     # -- what the gateway reads ------------------------------------------------------------
     @property
@@ -161,15 +164,7 @@ class RevisionRuntime:
         index = self._next_index
         self._next_index += 1
         port = free_port()
-        env = resolve(
-            self.service,
-            self.serving.manifests,
-            self.ctx.values,
-            revision=self.revision.name,
-            port=port,
-            proxy_url=self.ctx.proxy_url,
-            host_env=self.ctx.host_env,
-        )
+        env = self._env(port)
         spec = ReplicaSpec(
             self.service.name,
             self.revision.name,
@@ -179,10 +174,38 @@ class RevisionRuntime:
             env,
             port,
             self.service.container.readiness_path,
+            template=self.template,
         )
         slot = ReplicaSlot(Replica(spec, self.ctx.printer, self.ctx.records), self.ctx.clock())
         self.slots.append(slot)
         self._track(self._run(slot))
+
+    def _env(self, port: int) -> dict[str, str]:
+        return resolve(
+            self.service,
+            self.serving.manifests,
+            self.ctx.values,
+            revision=self.revision.name,
+            port=port,
+            proxy_url=self.ctx.proxy_url,
+            host_env=self.ctx.host_env,
+        )
+
+    # -- the template replicas are forked from (knfn/template.py) ------------------------------
+    def _new_template(self) -> Template | None:
+        """Started with the revision, kept at zero, stopped with it; None: spawn replicas."""
+        if not self.ctx.templates or start_mode(self.service.annotations) == "spawn":
+            return None
+        name = f"{self.service.name}/{self.revision.name}/template"
+        template = Template(
+            name, self.ctx.argv[0], self.revision.code, self._env(0), self.ctx.printer
+        )
+        template.start()
+        return template
+
+    def drop_template(self) -> None:
+        if self.template is not None:
+            self._track(self.template.stop())
 
     def _retire(self, slot: ReplicaSlot) -> None:
         slot.stopping = True
@@ -248,6 +271,8 @@ class RevisionRuntime:
         grace = self.timeout_seconds if grace is None else grace
         await asyncio.gather(*(s.replica.stop(grace) for s in self.slots),
                              return_exceptions=True)  # fmt: skip
+        if self.template is not None:
+            await self.template.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -368,6 +393,7 @@ class Serving:
                 rt.reconcile()
                 if not rt.active and not rt.throttler.meter.value:
                     del state.revisions[name]
+                    rt.drop_template()
 
     def _index_hosts(self) -> None:
         hosts: dict[tuple[str, str], tuple[ServiceState, str | None]] = {}

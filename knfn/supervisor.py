@@ -23,6 +23,7 @@ from knfn import pdeathsig
 from knfn.errors import KnfnError
 from knfn.logs import LineSplitter, Printer
 from knfn.replica_records import ReplicaRecords
+from knfn.template import ReplicaProcess, Template
 
 PROBE_INTERVAL = 0.05  # queue-proxy's aggressive readiness probing (runtime contract)
 READ_CHUNK = 64 * 1024  # bytes read from a replica's output at a time
@@ -43,6 +44,7 @@ class ReplicaSpec:
     env: dict[str, str]
     port: int
     readiness_path: str | None = None
+    template: Template | None = None  # fork from it when it can (knfn/template.py), else spawn
 
     @property
     def name(self) -> str:
@@ -58,7 +60,7 @@ class Replica:
         self.spec = spec
         self._printer = printer
         self._records = records
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: ReplicaProcess | None = None
         self._pump: asyncio.Task[None] | None = None
         self._unreadable = asyncio.Event()
         self.output_error: BaseException | None = None
@@ -71,7 +73,8 @@ class Replica:
     async def start(self) -> None:
         """Start the process; call it on the event loop's thread, which lives as long as knfn
         (the parent-death signal fires when the thread that forked exits)."""
-        self._proc = await asyncio.create_subprocess_exec(
+        forked = await self.spec.template.fork(self.spec.env) if self.spec.template else None
+        self._proc = forked or await asyncio.create_subprocess_exec(
             *pdeathsig.default_wrapper(os.getpid()),
             *self.spec.argv,
             cwd=self.spec.cwd,

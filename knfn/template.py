@@ -1,0 +1,322 @@
+"""A revision's template: one process that has imported the function, forked into replicas.
+
+A spawned replica spends ~250 ms importing functions-framework and the function before it can
+answer; a fork of a process that already did answers in milliseconds and shares its memory
+copy-on-write (as SOCK's zygotes and Lambda SnapStart do). The template
+(knfn/template_main.py) runs with the revision's replica environment minus PORT, in the
+function's directory, and lives as long as its revision can receive traffic, scaled to zero
+included: that is what makes a cold start cheap. It is replaced when it dies.
+
+A forked replica looks to the supervisor like a spawned one (``ReplicaProcess``): its pid leads
+its own process group (so the group stop reaches gunicorn's worker), its output comes through a
+pipe knfn made, and its exit, reaped by the template, is reported over the control channel.
+
+Replicas are spawned instead when forking is unsafe or impossible: not Linux, a template that
+failed to start or import (or started threads at import), or a revision annotated
+``knfn.dev/replica-start: spawn`` in ``spec.template.metadata.annotations``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
+
+from knfn import template_wire as wire
+from knfn.errors import KnfnError
+from knfn.logs import Printer
+
+ANNOTATION = "knfn.dev/replica-start"
+MODES = ("fork", "spawn")
+START_TIMEOUT = 60.0  # import and app build, as a replica's readiness timeout
+FORK_TIMEOUT = 5.0  # from request to the child's pid
+LISTEN_TIMEOUT = 5.0  # from fork to the worker serving; then knfn probes as usual
+STOP_TIMEOUT = 5.0
+RESTART_BACKOFF_MAX = 30.0
+
+
+class TemplateError(KnfnError):
+    """A template that cannot fork replicas."""
+
+
+class ReplicaProcess(Protocol):
+    """What the supervisor uses of a replica's process (asyncio's Process has it too)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
+    async def wait(self) -> int: ...
+
+
+def supported() -> bool:
+    return sys.platform.startswith("linux")
+
+
+def start_mode(annotations: Mapping[str, str]) -> str:
+    """How a revision's replicas start: ``fork`` (the default) or ``spawn``."""
+    return "spawn" if annotations.get(ANNOTATION) == "spawn" else "fork"
+
+
+def validate_annotations(annotations: Mapping[str, str]) -> list[str]:
+    """The problem with a revision template's ``knfn.dev/replica-start``, if any."""
+    mode = annotations.get(ANNOTATION, "fork")
+    if mode in MODES:
+        return []
+    return [f"{ANNOTATION}={mode!r}: must be one of {', '.join(MODES)}"]
+
+
+class ForkedProcess:
+    """A replica forked by a template, seen as an asyncio subprocess is."""
+
+    def __init__(self, pid: int, stdout: asyncio.StreamReader) -> None:
+        self.pid = pid
+        self.stdout = stdout
+        self.returncode: int | None = None
+        self._exited = asyncio.Event()
+
+    def exited(self, returncode: int) -> None:
+        if self.returncode is None:
+            self.returncode = returncode
+            self._exited.set()
+
+    async def wait(self) -> int:
+        await self._exited.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+
+class Template:
+    """A revision's template process: started, replaced when it dies, asked for forks."""
+
+    def __init__(
+        self, name: str, script: str, cwd: Path, env: Mapping[str, str], printer: Printer
+    ) -> None:
+        self.name, self._script, self._cwd, self._printer = name, script, cwd, printer
+        self.env = wire.template_env(env)
+        self.state = "starting"  # starting, ready, down (restarting), failed, stopped
+        self._settled = asyncio.Event()
+        self._proc: asyncio.subprocess.Process | None = None
+        self._control: socket.socket | None = None
+        self._pending: dict[int, asyncio.Future[wire.Message]] = {}
+        self._children: dict[int, ForkedProcess] = {}
+        self._early_exits: dict[int, int] = {}
+        self._ids = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._supervise()))
+
+    async def _supervise(self) -> None:
+        backoff = 0.5
+        while self.state != "stopped":
+            self.state = "starting"
+            self._settled.clear()
+            try:
+                reader = await self._launch()
+            except (TemplateError, OSError, wire.WireError) as exc:
+                self.state = "failed"
+                self._printer.line("knfn", f"{self.name}: {exc}; replicas are spawned")
+                self._settled.set()
+                return
+            self.state = "ready"
+            self._settled.set()
+            await reader  # until the channel closes: the template exited
+            assert self._proc is not None
+            code = await self._proc.wait()
+            if self.state == "stopped":
+                return
+            self.state = "down"
+            self._printer.line("knfn", f"{self.name} exited with code {code}; a new one follows")
+            await asyncio.sleep(backoff)
+            backoff = min(RESTART_BACKOFF_MAX, backoff * 2)
+
+    async def _launch(self) -> asyncio.Task[None]:
+        """Start the process and wait for its Ready; the task reading its messages."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        try:
+            self._proc = proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-P", "-m", "knfn.template_main",
+                str(theirs.fileno()), str(os.getpid()), self._script,
+                cwd=self._cwd, env=self.env, pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._control = ours
+        assert proc.stdout is not None
+        self._tasks.append(asyncio.create_task(self._copy_output(proc.stdout)))
+        loop = asyncio.get_running_loop()
+        try:
+            first = await asyncio.wait_for(loop.sock_recv(ours, wire.MAX_MESSAGE), START_TIMEOUT)
+        except TimeoutError:
+            _killpg(proc.pid)
+            raise TemplateError(f"not ready within {START_TIMEOUT:.0f}s") from None
+        message = wire.decode(first) if first else None
+        if not isinstance(message, wire.Ready):
+            _killpg(proc.pid)
+            reason = message.reason if isinstance(message, wire.Failed) else "exited"
+            raise TemplateError(f"cannot fork replicas ({reason}, code {await proc.wait()})")
+        return asyncio.create_task(self._read(ours))
+
+    async def _read(self, control: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while data := await loop.sock_recv(control, wire.MAX_MESSAGE):
+                self._dispatch(wire.decode(data))
+        except (OSError, wire.WireError) as exc:
+            self._printer.line("knfn", f"{self.name}: control channel: {exc}")
+        finally:
+            # The template is gone, and with it its replicas (parent-death signal); their
+            # groups are killed here too, so that gunicorn's workers go as well, now.
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(TemplateError(f"{self.name} exited"))
+            for child in self._children.values():
+                _killpg(child.pid)
+                child.exited(-signal.SIGKILL)
+            self._children.clear()
+            self._control = None
+            control.close()
+
+    def _dispatch(self, message: wire.Message) -> None:
+        if isinstance(message, wire.Forked | wire.ForkFailed):
+            future = self._pending.get(message.id)
+            if future is not None and not future.done():
+                future.set_result(message)
+            elif isinstance(message, wire.Forked):  # its request gave up waiting: unwanted
+                _killpg(message.pid)
+        elif isinstance(message, wire.Exited):
+            child = self._children.pop(message.pid, None)
+            if child is None:
+                self._early_exits[message.pid] = message.returncode
+            else:
+                child.exited(message.returncode)
+
+    async def _copy_output(self, stdout: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                raw = await stdout.readline()
+            except ValueError:  # a line over the reader's limit: the part read so far is gone
+                continue
+            if not raw:
+                return
+            self._printer.line(self.name, raw.decode("utf-8", "replace").rstrip("\n"))
+
+    async def fork(self, env: Mapping[str, str]) -> ForkedProcess | None:
+        """A replica with env, listening; None when this template cannot give one (spawn)."""
+        if self.state == "starting":
+            await self._settled.wait()
+        control = self._control
+        if self.state != "ready" or control is None:
+            return None
+        delta = wire.env_delta(self.env, env)
+        if not delta.keys <= wire.PER_REPLICA:
+            stale = sorted(delta.keys - wire.PER_REPLICA)
+            self._printer.line("knfn", f"{self.name}: replica env differs in {stale}; spawning")
+            return None
+        request = wire.Fork(next(self._ids), delta)
+        out_r, out_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        self._pending[request.id] = reply = asyncio.get_running_loop().create_future()
+        try:
+            await _send_fds(control, wire.encode(request), [out_w, ready_w])
+            answer = await asyncio.wait_for(reply, FORK_TIMEOUT)
+        except (OSError, TimeoutError, TemplateError) as exc:
+            answer = wire.ForkFailed(request.id, repr(exc))
+        finally:
+            self._pending.pop(request.id, None)
+            os.close(out_w)
+            os.close(ready_w)
+        if not isinstance(answer, wire.Forked):
+            os.close(out_r)
+            os.close(ready_r)
+            reason = answer.reason if isinstance(answer, wire.ForkFailed) else repr(answer)
+            self._printer.line("knfn", f"{self.name}: fork failed ({reason}); spawning")
+            return None
+        child = ForkedProcess(answer.pid, await _pipe_reader(out_r))
+        if answer.pid in self._early_exits:
+            child.exited(self._early_exits.pop(answer.pid))
+        elif self.state == "ready":
+            self._children[answer.pid] = child
+        else:
+            child.exited(-signal.SIGKILL)
+        await _readable(ready_r, LISTEN_TIMEOUT)
+        return child
+
+    async def stop(self) -> None:
+        """1. Close the channel (the template exits; replicas left die with it), 2. wait,
+        3. SIGKILL. Its replicas are stopped by their owner first."""
+        self.state = "stopped"
+        self._settled.set()
+        if self._control is not None:
+            with contextlib.suppress(OSError):
+                self._control.shutdown(socket.SHUT_WR)
+        if self._proc is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._proc.wait(), STOP_TIMEOUT)
+            _killpg(self._proc.pid)
+            await self._proc.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _send_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            socket.send_fds(sock, [data], fds)
+            return
+        except BlockingIOError:
+            writable = loop.create_future()
+            loop.add_writer(sock, writable.set_result, None)
+            try:
+                await writable
+            finally:
+                loop.remove_writer(sock)
+
+
+async def _pipe_reader(fd: int) -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**16)
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    return reader
+
+
+async def _readable(fd: int, timeout: float) -> None:
+    """Until fd is readable (a byte, or EOF) or timeout; then close it."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready, timeout)
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+def _killpg(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)

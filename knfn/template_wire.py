@@ -1,0 +1,148 @@
+"""The control channel between knfn and a revision's template process, as pure functions.
+
+One message per datagram of a ``SOCK_SEQPACKET`` socket pair (so no framing), encoded as a JSON
+object with a ``type``. knfn sends ``Fork`` with two file descriptors attached (the replica's
+output pipe and its ready pipe); the template answers ``Ready`` or ``Failed`` once after start,
+``Forked`` or ``ForkFailed`` per request, and ``Exited`` whenever it reaps a replica.
+
+A forked replica inherits the template's environment, which is the revision's replica
+environment without the values that differ per replica; the fork request carries those
+(``EnvDelta``). Only ``PER_REPLICA`` keys may differ: anything else means the template was
+built for another environment, whose values the function may have read at import.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, MutableMapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+# Values that differ from one replica of a revision to the next (the runtime contract's PORT).
+PER_REPLICA = frozenset({"PORT"})
+MAX_MESSAGE = 64 * 1024
+
+
+class WireError(ValueError):
+    """A control message that cannot be decoded; names what was wrong."""
+
+
+@dataclass(frozen=True)
+class EnvDelta:
+    """What to change in the template's environment to get one replica's."""
+
+    set: Mapping[str, str] = field(default_factory=dict)
+    unset: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset(self.set) | frozenset(self.unset)
+
+
+def env_delta(base: Mapping[str, str], target: Mapping[str, str]) -> EnvDelta:
+    """The changes that turn base into target."""
+    changed = {k: v for k, v in target.items() if base.get(k) != v}
+    return EnvDelta(changed, tuple(sorted(k for k in base if k not in target)))
+
+
+def apply_delta(environ: MutableMapping[str, str], delta: EnvDelta) -> None:
+    for key in delta.unset:
+        environ.pop(key, None)
+    environ.update(delta.set)
+
+
+def template_env(replica_env: Mapping[str, str]) -> dict[str, str]:
+    """A template's environment: a replica's without the per-replica values."""
+    return {k: v for k, v in replica_env.items() if k not in PER_REPLICA}
+
+
+@dataclass(frozen=True)
+class Fork:
+    """knfn -> template: fork a replica (fds attached: output pipe, ready pipe)."""
+
+    id: int
+    delta: EnvDelta
+
+
+@dataclass(frozen=True)
+class Ready:
+    """template -> knfn: imported, app built, waiting for forks."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    """template -> knfn: it cannot fork replicas (import error, threads at import)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Forked:
+    id: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class ForkFailed:
+    id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Exited:
+    """A replica was reaped; returncode as asyncio reports it (-N for signal N)."""
+
+    pid: int
+    returncode: int
+
+
+Message = Fork | Ready | Failed | Forked | ForkFailed | Exited
+_TYPES: dict[str, type[Message]] = {
+    t.__name__: t for t in (Fork, Ready, Failed, Forked, ForkFailed, Exited)
+}
+
+
+def encode(message: Message) -> bytes:
+    body = asdict(message)
+    if isinstance(message, Fork):
+        body["delta"] = {"set": dict(message.delta.set), "unset": list(message.delta.unset)}
+    data = json.dumps({"type": type(message).__name__, **body}, separators=(",", ":")).encode()
+    if len(data) > MAX_MESSAGE:
+        raise WireError(f"{type(message).__name__} message of {len(data)} bytes > {MAX_MESSAGE}")
+    return data
+
+
+def decode(data: bytes) -> Message:
+    try:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"control message is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise WireError(f"control message is not an object: {data[:80]!r}")
+    kind = _TYPES.get(str(raw.get("type")))
+    if kind is None:
+        raise WireError(f"control message of unknown type: {data[:80]!r}")
+    values: dict[str, Any] = {}
+    for f in fields(kind):
+        if f.name not in raw:
+            raise WireError(f"{kind.__name__} message without {f.name}: {data[:80]!r}")
+        value = raw[f.name]
+        if f.name == "delta":
+            value = _delta(value)
+        elif type(value) is not (int if f.type == "int" else str):
+            raise WireError(f"{kind.__name__} message: {f.name}={value!r} is not {f.type}")
+        values[f.name] = value
+    return kind(**values)
+
+
+def _delta(raw: Any) -> EnvDelta:
+    if not isinstance(raw, dict):
+        raise WireError(f"Fork message: delta must be an object, not {raw!r}")
+    sets, unset = raw.get("set", {}), raw.get("unset", [])
+    if not (isinstance(sets, dict) and all(isinstance(v, str) for v in sets.values())):
+        raise WireError(f"Fork message: delta.set must map names to strings: {sets!r}")
+    if not (isinstance(unset, list) and all(isinstance(k, str) for k in unset)):
+        raise WireError(f"Fork message: delta.unset must be a list of names: {unset!r}")
+    return EnvDelta(sets, tuple(unset))
