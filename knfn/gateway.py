@@ -34,6 +34,11 @@ from knfn import metrics, server
 from knfn.routing import Target, parse_host
 from knfn.throttler import Overloaded, Throttler
 
+# Idle connections to replicas are dropped before the replica drops them: functions-framework's
+# gunicorn closes an idle keep-alive connection after 2 s (its `keepalive` default), and a
+# request written to a connection the replica is closing fails with a 502 it never caused.
+REPLICA_KEEPALIVE = 1.0
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Read before a slot is taken: every CloudEvent and JSON body fits, and 200 slow clients at this
@@ -106,7 +111,7 @@ class Gateway:
 
     async def _open(self, _: web.Application) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=REPLICA_KEEPALIVE),
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),
         )
