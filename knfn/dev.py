@@ -103,7 +103,9 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
     loop = asyncio.get_running_loop()
 
     # 1. Backing services (blocking calls: run them off the loop).
-    backing = await loop.run_in_executor(None, services.up, settings.backing)
+    backing = await loop.run_in_executor(
+        None, services.up, settings.backing, lambda m: say.line("knfn", m), services.DEV
+    )
     for name in backing.started:
         say.line("knfn", f"started {name}")
 

@@ -11,6 +11,7 @@ or F (full). Truncating instead would lose the part of the line that usually mat
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -90,8 +91,13 @@ class Printer:
 
     def line(self, prefix: str, text: str) -> None:
         self._width = max(self._width, len(prefix))
-        self._out.write(f"{prefix:<{self._width}} | {text}\n")
-        self._out.flush()
+        try:
+            self._out.write(f"{prefix:<{self._width}} | {text}\n")
+            self._out.flush()
+        except (BrokenPipeError, ValueError):
+            # The reader is gone (`knfn dev | tee`, then Ctrl-C kills tee first): printing
+            # stops, and the shutdown it would have narrated still runs to the end.
+            self._out = open(os.devnull, "w")  # noqa: SIM115
 
     def piece(self, prefix: str, piece: LogLine) -> None:
         """A piece of a child's output; a partial one carries the marker."""

@@ -24,6 +24,8 @@ DEFAULT_PG_PORT = 15432
 DEFAULT_S3_PORT = 19000
 
 Report = Callable[[str], None]
+# Who started a server (recorded with it): `knfn dev`, or `knfn services up`.
+DEV, SERVICES = "dev", "services"
 
 
 @dataclass(frozen=True)
@@ -202,12 +204,16 @@ def preflight(cfg: BackingConfig) -> None:
             )
 
 
-def up(cfg: BackingConfig, report: Report = lambda _: None) -> BackingEnv:
+def up(cfg: BackingConfig, report: Report = lambda _: None, owner: str = SERVICES) -> BackingEnv:
     """Make sure both services run (or are external) and say how to reach them.
 
     A running server is adopted only when it is provably ours: for Postgres the postmaster.pid
     of our data directory names a live postgres process; for S3 the recorded pid is a weed or
     minio process working in our data directory. A port that merely answers is never enough.
+
+    ``owner`` is who asks: ``knfn dev`` (:data:`DEV`) stops at exit what it started, and also
+    what an earlier ``knfn dev`` started and, killed, never stopped (the state lock says that
+    one is gone); servers started by ``knfn services up`` are left running.
     """
     state = _load(cfg)
     started: list[str] = []
@@ -217,8 +223,13 @@ def up(cfg: BackingConfig, report: Report = lambda _: None) -> BackingEnv:
     if not cfg.database_url:
         adopted = _adopt_pg(cfg)
         if adopted is not None:
-            state["postgres"] = {"pid": adopted.pid, "port": adopted.port, "kind": PG_KIND}
+            prior = (state.get("postgres") or {}).get("owner", SERVICES)
+            state["postgres"] = {
+                "pid": adopted.pid, "port": adopted.port, "kind": PG_KIND, "owner": prior
+            }  # fmt: skip
             pg_port = adopted.port
+            if owner == DEV and prior == DEV:
+                started.append("postgres")
         else:
             pg_port = _port(cfg.pg_port, cfg.pg_port_explicit, "postgres (KNFN_PG_PORT)", report)
             pid, pg_port = _start_retrying(
@@ -228,7 +239,7 @@ def up(cfg: BackingConfig, report: Report = lambda _: None) -> BackingEnv:
                 "postgres (KNFN_PG_PORT)",
                 report,
             )
-            state["postgres"] = {"pid": pid, "port": pg_port, "kind": PG_KIND}
+            state["postgres"] = {"pid": pid, "port": pg_port, "kind": PG_KIND, "owner": owner}
             started.append("postgres")
         _save(cfg, state)
 
@@ -237,6 +248,8 @@ def up(cfg: BackingConfig, report: Report = lambda _: None) -> BackingEnv:
         rec = state.get("s3")
         if rec and _adoptable_s3(cfg, int(rec["pid"]), int(rec["port"])):
             s3_port = int(rec["port"])
+            if owner == DEV and rec.get("owner") == DEV:
+                started.append("s3")
         else:
             if rec and _s3(cfg, int(rec["port"])).is_ours(int(rec["pid"])):
                 # Ours but not serving: it cannot share the data directory with a new one.
@@ -250,7 +263,9 @@ def up(cfg: BackingConfig, report: Report = lambda _: None) -> BackingEnv:
                 report,
                 same_port_retry=True,
             )
-            state["s3"] = {"pid": pid, "port": s3_port, "kind": _s3(cfg, s3_port).kind}
+            state["s3"] = {
+                "pid": pid, "port": s3_port, "kind": _s3(cfg, s3_port).kind, "owner": owner
+            }  # fmt: skip
             _save(cfg, state)
             started.append("s3")
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from knfn.backing import process
 from knfn.logs import PARTIAL_MARKER
 from knfn.replica_records import ReplicaRecord, process_table, read_boot_id, start_time
 from tests.support import REPO, free_port
@@ -215,3 +216,11 @@ def test_kill_9_leaves_no_replica_and_next_start_stops_leftovers(dev: Dev) -> No
         if planted.poll() is None:
             planted.kill()
             planted.wait()
+
+    # The backing servers the killed run started were adopted by this run, which stops them.
+    servers = json.loads((dev.state / "services.json").read_text())
+    pids = [int(rec["pid"]) for rec in servers.values()]
+    assert len(pids) == 2, servers
+    dev.proc.send_signal(signal.SIGTERM)
+    assert dev.proc.wait(60) == 0, dev.log.read_text()[-3000:]
+    assert not [pid for pid in pids if process.is_running(pid)], servers

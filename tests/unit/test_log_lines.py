@@ -73,3 +73,18 @@ def test_printer_marks_partial_pieces_and_keeps_the_prefix() -> None:
         'svc/rev/1 | {"a": 1}',
         f"svc/rev/1 | xx{PARTIAL_MARKER}",
     ]
+
+
+def test_printer_outlives_a_reader_that_went_away() -> None:
+    """A closed pipe on stdout (the reader was killed) does not stop the caller."""
+    import os
+
+    from knfn.logs import Printer
+
+    read_end, write_end = os.pipe()
+    out = os.fdopen(write_end, "w")
+    printer = Printer(out)
+    printer.line("knfn", "before")
+    os.close(read_end)
+    printer.line("knfn", "after the reader is gone")
+    printer.line("knfn", "and again")
