@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from knfn import manifests as mf
 from knfn import metrics, traffic
@@ -23,10 +23,9 @@ from knfn.kpa import Autoscaler
 from knfn.logs import Printer
 from knfn.ports import free_port
 from knfn.replica_env import SecretValues, resolve
-from knfn.replica_records import ReplicaRecords
-from knfn.revisions import Revision, RevisionStore
+from knfn.revisions import Revision
 from knfn.routing import Target
-from knfn.supervisor import Replica, ReplicaError, ReplicaSpec
+from knfn.supervisor import ReplicaError, ReplicaSpec
 from knfn.template import Template, start_mode
 from knfn.throttler import Endpoint, Throttler
 
@@ -50,9 +49,41 @@ class Caps:
         return cls(int(env.get("KNFN_MAX_REPLICAS_PER_REVISION", total)), total)
 
 
+class ReplicaHandle(Protocol):
+    """What serving uses of a replica: knfn.supervisor.Replica, or a fake in unit tests."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def exited(self) -> bool: ...
+    async def start(self) -> None: ...
+    async def wait_ready(self, timeout: float) -> float:
+        """Until ready; raises ReplicaError when it exits first or is not ready in time."""
+        ...
+
+    async def wait_gone(self) -> str:
+        """Until it exits or cannot be read any more; which, in words."""
+        ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+class Revisions(Protocol):
+    """Where revisions are recorded: knfn.revisions.RevisionStore (Postgres)."""
+
+    def ensure(
+        self, namespace: str, service: str, source: Path, template: Mapping[str, Any]
+    ) -> Revision: ...
+    def get(self, namespace: str, name: str) -> Revision | None: ...
+
+
 @dataclass(eq=False)
 class ReplicaSlot:
-    replica: Replica
+    replica: ReplicaHandle
     started: float
     endpoint: Endpoint | None = None
     stopping: bool = False
@@ -63,7 +94,7 @@ class Context:
     """What every revision runtime needs from the outside, built once by dev."""
 
     printer: Printer
-    store: RevisionStore
+    store: Revisions
     values: SecretValues
     proxy_url: str
     host_env: Mapping[str, str]
@@ -71,8 +102,12 @@ class Context:
     new_decider: Callable[[mf.Service], Autoscaler]
     caps: Caps
     functions_dir: Path
-    records: ReplicaRecords  # of the state dir: replicas a killed run left are found there
+    new_replica: Callable[[ReplicaSpec], ReplicaHandle]  # supervisor.Replica, as new_decider
     clock: Callable[[], float] = time.monotonic
+    # Injected with the clock so that serving is tested without processes, sockets or waiting
+    # (tests/unit/fakes.py).
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    pick_port: Callable[[], int] = free_port
     templates: bool = False  # fork replicas from a template per revision (knfn/template.py)
 
 
@@ -163,7 +198,7 @@ class RevisionRuntime:
     def _spawn(self) -> None:
         index = self._next_index
         self._next_index += 1
-        port = free_port()
+        port = self.ctx.pick_port()
         env = self._env(port)
         spec = ReplicaSpec(
             self.service.name,
@@ -176,7 +211,7 @@ class RevisionRuntime:
             self.service.container.readiness_path,
             template=self.template,
         )
-        slot = ReplicaSlot(Replica(spec, self.ctx.printer, self.ctx.records), self.ctx.clock())
+        slot = ReplicaSlot(self.ctx.new_replica(spec), self.ctx.clock())
         self.slots.append(slot)
         self._track(self._run(slot))
 
@@ -219,7 +254,7 @@ class RevisionRuntime:
             await replica.start()
             await replica.wait_ready(READY_TIMEOUT)
         except (ReplicaError, OSError) as exc:
-            self.ctx.printer.line("knfn", f"{replica.spec.name}: {exc}")
+            self.ctx.printer.line("knfn", f"{replica.name}: {exc}")
             await self._crashed(slot)
             return
         if slot.stopping:
@@ -236,7 +271,7 @@ class RevisionRuntime:
         # accepting connections): either way it has failed and is replaced.
         gone = await replica.wait_gone()
         if not slot.stopping:
-            self.ctx.printer.line("knfn", f"{replica.spec.name} {gone}")
+            self.ctx.printer.line("knfn", f"{replica.name} {gone}")
             await self._crashed(slot)
 
     async def _crashed(self, slot: ReplicaSlot) -> None:
@@ -252,7 +287,7 @@ class RevisionRuntime:
             0.5 if lived > HEALTHY_AFTER else min(CRASH_BACKOFF_MAX, max(0.5, self._backoff * 2))
         )
         self._not_before = self.ctx.clock() + self._backoff
-        await asyncio.sleep(self._backoff)
+        await self.ctx.sleep(self._backoff)
         self.reconcile()
 
     def forget_stopped(self) -> None:
@@ -292,7 +327,7 @@ class RevisionRuntime:
             "capped_at": self.capped_at,
             "replicas": [
                 {
-                    "name": s.replica.spec.name,
+                    "name": s.replica.name,
                     "url": s.replica.url,
                     "pid": s.replica.pid,
                     "ready": s.endpoint is not None and not s.stopping,
