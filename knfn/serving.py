@@ -254,6 +254,8 @@ class RevisionRuntime:
             await replica.start()
             await replica.wait_ready(READY_TIMEOUT)
         except (ReplicaError, OSError) as exc:
+            if slot.stopping:  # retired while starting: it exited because it was asked to
+                return
             self.ctx.printer.line("knfn", f"{replica.name}: {exc}")
             await self._crashed(slot)
             return

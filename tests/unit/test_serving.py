@@ -197,8 +197,8 @@ def test_scale_down_retires_starting_replicas_first_then_the_least_busy(tmp_path
         await at_scale(rt, 1)
         assert r3.stopped and not r1.stopped
         await settle()
-        # Retired replicas drain for timeoutSeconds.
-        assert r2.stops[0] == 300
+        # Retired replicas drain for timeoutSeconds; they are not crashes.
+        assert r2.stops[0] == 300 and "exited" not in w.log
         assert rt.active == 1 and rt.ready == 1
 
     run(tmp_path, scenario)
@@ -321,5 +321,23 @@ def test_no_replacement_starts_during_the_backoff_even_when_poked(tmp_path: Path
         await w.clock.advance(0.5)
         assert len(w.replicas.made) == 2
         await asyncio.wait_for(waiting, 1)
+
+    run(tmp_path, scenario)
+
+
+def test_retiring_a_starting_replica_is_not_a_crash(tmp_path: Path) -> None:
+    """Scaled down while starting: stopped, not counted as crashed, and no backoff delays the
+    next scale-up."""
+
+    async def scenario(w: World) -> None:
+        await w.apply(service("brief"))
+        rt = latest(w, "brief")
+        before = crashes(rt)
+        await at_scale(rt, 0)
+        await settle()
+        assert w.replicas.made[0].stopped and rt.active == 0
+        assert crashes(rt) == before and "exited before it was ready" not in w.log
+        await at_scale(rt, 1)
+        assert len(w.replicas.made) == 2
 
     run(tmp_path, scenario)
