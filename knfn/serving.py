@@ -283,7 +283,9 @@ class RevisionRuntime:
             self.throttler.remove(slot.endpoint)
         slot.stopping = True
         await slot.replica.stop(grace=0)
-        self.slots.remove(slot)
+        # forget_stopped may have dropped it meanwhile: it exits before its output is drained.
+        if slot in self.slots:
+            self.slots.remove(slot)
         lived = self.ctx.clock() - slot.started
         self._backoff = (
             0.5 if lived > HEALTHY_AFTER else min(CRASH_BACKOFF_MAX, max(0.5, self._backoff * 2))

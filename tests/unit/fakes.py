@@ -90,6 +90,7 @@ class FakeReplica:
         self.stops: list[float] = []  # the grace of every stop asked for
         self.fail_start: BaseException | None = None
         self.drains = False  # on SIGTERM, exit only when finish() is called (or at the grace)
+        self.output_drain = 0.0  # seconds stop() takes after the exit (its last output)
         self._ready = asyncio.Event()
         self._gone = asyncio.Event()
         self._finished = asyncio.Event()
@@ -145,9 +146,7 @@ class FakeReplica:
     async def stop(self, grace: float) -> None:
         """SIGTERM: exit at once, or (drains) when finish() is called or grace has passed."""
         self.stops.append(grace)
-        if self.exited:
-            return
-        if self.drains and grace > 0:
+        if self.drains and grace > 0 and not self.exited:
             waits = [
                 asyncio.ensure_future(self._finished.wait()),
                 asyncio.ensure_future(self._gone.wait()),  # killed meanwhile
@@ -160,6 +159,8 @@ class FakeReplica:
                     task.cancel()
         # Exits when asked (0) unless it drains and is cut short (SIGKILL).
         self._exit(-9 if self.drains and not self._finished.is_set() else 0)
+        if self.output_drain:
+            await self._clock.sleep(self.output_drain)
 
     # -- what the test does ----------------------------------------------------------------
     def become_ready(self) -> None:

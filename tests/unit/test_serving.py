@@ -341,3 +341,25 @@ def test_retiring_a_starting_replica_is_not_a_crash(tmp_path: Path) -> None:
         assert len(w.replicas.made) == 2
 
     run(tmp_path, scenario)
+
+
+def test_a_crashed_slot_forgotten_while_it_is_stopped_does_not_break_the_replacement(
+    tmp_path: Path,
+) -> None:
+    """The once-a-second cleanup may drop the crashed slot while its stop is still under way;
+    the replacement still follows."""
+
+    async def scenario(w: World) -> None:
+        w.replicas.ready_at_once = True
+        await w.apply(service("racy"))
+        rt = latest(w, "racy")
+        first = w.replicas.made[0]
+        first.output_drain = 1.0
+        first.crash()
+        await settle()
+        assert first.stops == [0] and first.exited  # stop() is still draining its output
+        rt.forget_stopped()
+        await w.clock.advance(1.5)
+        assert len(w.replicas.made) == 2 and rt.ready == 1
+
+    run(tmp_path, scenario)
