@@ -364,6 +364,8 @@ class Serving:
         self.manifests = manifests
         self.services: dict[tuple[str, str], ServiceState] = {}
         self._hosts: dict[tuple[str, str], tuple[ServiceState, str | None]] = {}
+        # Revisions no route reaches any more whose replicas still drain: stop reaches them.
+        self._draining: set[RevisionRuntime] = set()
 
     # -- configuration ------------------------------------------------------------------------
     async def apply(self, manifests: mf.Manifests) -> None:
@@ -373,6 +375,7 @@ class Serving:
         wanted = {(s.namespace, s.name): s for s in manifests.services}
         for key in [k for k in self.services if k not in wanted]:
             gone = self.services.pop(key)
+            self._draining.update(gone.revisions.values())
             await asyncio.gather(*(rt.stop() for rt in gone.revisions.values()))
         for key, svc in wanted.items():
             revision = await loop.run_in_executor(
@@ -433,6 +436,7 @@ class Serving:
                 if not rt.active and not rt.throttler.meter.value:
                     del state.revisions[name]
                     rt.drop_template()
+                    self._draining.add(rt)
 
     def _index_hosts(self) -> None:
         hosts: dict[tuple[str, str], tuple[ServiceState, str | None]] = {}
@@ -476,6 +480,10 @@ class Serving:
             for rt in self.runtimes():
                 rt.record(now)
                 rt.forget_stopped()
+            for rt in list(self._draining):
+                rt.forget_stopped()
+                if not rt.slots:
+                    self._draining.discard(rt)
             if now >= next_decision:
                 next_decision = now + tick
                 for state in self.services.values():
@@ -491,7 +499,8 @@ class Serving:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop every replica; grace=0 (a forced stop) kills them at once."""
-        await asyncio.gather(*(rt.stop(grace) for rt in self.runtimes()), return_exceptions=True)
+        runtimes = [*self.runtimes(), *self._draining]
+        await asyncio.gather(*(rt.stop(grace) for rt in runtimes), return_exceptions=True)
 
     def status(self) -> dict[str, Any]:
         services = []

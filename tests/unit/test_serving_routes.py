@@ -187,6 +187,25 @@ def test_a_removed_service_is_stopped_and_unrouted(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
+def test_stop_stops_every_replica_of_every_revision(tmp_path: Path) -> None:
+    """Stop reaches every replica: of each Service, of a pinned revision, and of a revision
+    already draining; grace 0 kills what is still draining."""
+
+    async def scenario(w: World) -> None:
+        await w.apply(service(env={"V": "1"}), service("other"))
+        for replica in w.replicas.made:
+            replica.drains = True  # exits only when its requests end, or at the grace
+        await w.apply(service(env={"V": "2"}), service("other"))
+        [draining] = w.replicas.of("hello-00001")
+        assert draining.stopped and not draining.exited
+        await w.serving.stop(grace=0)
+        assert all(r.exited for r in w.replicas.made), [
+            (r.name, r.stops) for r in w.replicas.made if not r.exited
+        ]
+
+    run(tmp_path, scenario)
+
+
 def test_graceful_stop_waits_for_replicas_to_drain(tmp_path: Path) -> None:
     """Stop with a grace: replicas get SIGTERM and the stop waits until they have exited."""
 
