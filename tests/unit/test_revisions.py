@@ -176,6 +176,33 @@ def test_what_the_image_build_leaves_out_does_not_change_the_digest(
     assert digest(tree, TEMPLATE) == before
 
 
+@pytest.mark.parametrize("clutter", ["main_test.py", "lib/util_test.py"])
+def test_test_modules_named_the_other_way_do_not_change_the_digest(
+    tree: Path, clutter: str
+) -> None:
+    """*_test.py, which .dockerignore leaves out too, is not part of the revision."""
+    before = digest(tree, TEMPLATE)
+    (tree / clutter).write_text("def test(): pass\n")
+    assert digest(tree, TEMPLATE) == before
+
+
+@pytest.mark.parametrize(
+    "shipped",
+    ["lib/tests/fixtures.py", "lib/tests/__init__.py", "test_data.json", "lib/test_cases.csv"],
+)
+def test_files_the_image_holds_are_part_of_the_revision(tree: Path, shipped: str) -> None:
+    """A package's own tests/ below the top, or test_* data that is not Python, is copied into
+    the image (.dockerignore drops only <function>/tests/ and test_*.py): it is in the snapshot
+    and a change to it is a new revision."""
+    path = tree / shipped
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("one")
+    before = digest(tree, TEMPLATE)
+    assert path in set(source_files(tree))
+    path.write_text("two")
+    assert digest(tree, TEMPLATE) != before
+
+
 def test_source_files_are_in_a_stable_order(tree: Path) -> None:
     """The files the digest and the snapshot take, sorted, tests left out."""
     names = [p.relative_to(tree).as_posix() for p in source_files(tree)]
