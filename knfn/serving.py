@@ -9,7 +9,6 @@ route reaches any more are drained and stopped, as Knative scales unreachable re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -120,7 +119,9 @@ class RevisionRuntime:
         self.revision = revision
         self.ctx = serving.ctx
         self.decider = self.ctx.new_decider(service)
-        self.throttler = Throttler(service.container_concurrency, on_cold=self.poke)
+        self.throttler = Throttler(
+            service.container_concurrency, on_cold=self.poke, clock=self.ctx.clock
+        )
         self.slots: list[ReplicaSlot] = []
         self.desired = self.decider.initial_pods()
         self.routable = True
@@ -474,8 +475,7 @@ class Serving:
         """Every second feed the autoscalers; every tick let them decide."""
         next_decision = self.ctx.clock() + tick
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+            await self._second(stop)
             now = self.ctx.clock()
             for rt in self.runtimes():
                 rt.record(now)
@@ -491,6 +491,15 @@ class Serving:
                         rt.decide(now)
                     self._route(state)
             self._export()
+
+    async def _second(self, stop: asyncio.Event) -> None:
+        """A second of the context's sleep, cut short by stop."""
+        waits = [asyncio.ensure_future(self.ctx.sleep(1.0)), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def _export(self) -> None:
         for rt in self.runtimes():

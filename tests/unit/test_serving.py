@@ -363,3 +363,64 @@ def test_a_crashed_slot_forgotten_while_it_is_stopped_does_not_break_the_replace
         assert len(w.replicas.made) == 2 and rt.ready == 1
 
     run(tmp_path, scenario)
+
+
+# -- the autoscaler loop ------------------------------------------------------------------------
+
+
+async def running(w: World, scenario: Callable[[], Awaitable[None]]) -> None:
+    """scenario while Serving.run feeds the autoscalers every scripted second."""
+    stop = asyncio.Event()
+    loop = asyncio.create_task(w.serving.run(2.0, stop))
+    try:
+        await scenario()
+    finally:
+        stop.set()
+        await asyncio.wait_for(loop, 1)
+
+
+def test_an_idle_revision_scales_to_zero_and_a_request_brings_it_back(tmp_path: Path) -> None:
+    """No requests: after the stable window and the grace period the last replica goes; the
+    next request starts one at once."""
+
+    async def scenario(w: World) -> None:
+        w.replicas.ready_at_once = True
+        await w.apply(service("idle"))
+        rt = latest(w, "idle")
+        [first] = w.replicas.made
+
+        async def idle() -> None:
+            await w.clock.advance(30)
+            assert rt.desired == 1 and not first.stopped
+            await w.clock.advance(120)
+            assert rt.desired == 0 and first.stopped and rt.active == 0
+            request = asyncio.create_task(rt.throttler.acquire())
+            await settle()
+            assert len(w.replicas.made) == 2
+            assert (await asyncio.wait_for(request, 1)).url == w.replicas.made[1].url
+
+        await running(w, idle)
+
+    run(tmp_path, scenario)
+
+
+def test_a_burst_of_requests_scales_the_revision_up(tmp_path: Path) -> None:
+    """Ten requests held at containerConcurrency 1 (one in flight, nine queued): within a few
+    seconds the KPA asks for a replica per 0.7 of them (the 70% target) and every one is served."""
+
+    async def scenario(w: World) -> None:
+        w.replicas.ready_at_once = True
+        await w.apply(service("bursty", cc=1))
+        rt = latest(w, "bursty")
+
+        async def burst() -> None:
+            held = [asyncio.create_task(rt.throttler.acquire()) for _ in range(10)]
+            await w.clock.advance(4)
+            assert rt.desired == 15 and rt.ready == 15
+            assert all(h.done() and not h.exception() for h in held)
+            for h in held:
+                h.cancel()
+
+        await running(w, burst)
+
+    run(tmp_path, scenario)

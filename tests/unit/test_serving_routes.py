@@ -206,6 +206,28 @@ def test_stop_stops_every_replica_of_every_revision(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
+def test_a_drained_revision_is_let_go_once_its_replicas_have_exited(tmp_path: Path) -> None:
+    """Once the old revision's last replica has exited, stop no longer has it to stop."""
+
+    async def scenario(w: World) -> None:
+        await w.apply(service(env={"V": "1"}))
+        [old] = w.replicas.made
+        old.drains = True
+        await w.apply(service(env={"V": "2"}))
+        assert old.stops == [300] and not old.exited
+        stop = asyncio.Event()
+        loop = asyncio.create_task(w.serving.run(2.0, stop))
+        await w.clock.advance(3)
+        old.finish()
+        await w.clock.advance(1)
+        stop.set()
+        await asyncio.wait_for(loop, 1)
+        await w.serving.stop(grace=0)
+        assert old.stops == [300] and old.returncode == 0
+
+    run(tmp_path, scenario)
+
+
 def test_graceful_stop_waits_for_replicas_to_drain(tmp_path: Path) -> None:
     """Stop with a grace: replicas get SIGTERM and the stop waits until they have exited."""
 
