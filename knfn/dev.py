@@ -43,6 +43,7 @@ from knfn.replica_records import ReplicaRecords
 from knfn.revisions import RevisionStore
 from knfn.serving import Caps, Context, Serving
 from knfn.settings import Settings
+from knfn.supervisor import Replica
 
 READY_TIMEOUT = 90.0
 # Shutdown: attempts in flight may end within this; then they are cut short and released.
@@ -150,7 +151,7 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
             ),
             caps=Caps.for_machine(options.host_env),
             functions_dir=settings.functions_dir,
-            records=records,
+            new_replica=lambda spec: Replica(spec, say, records),
             templates=options.replica_start == "fork" and template.supported(),
         )
         serving = Serving(ctx, m)

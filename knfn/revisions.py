@@ -21,8 +21,10 @@ import psycopg
 
 from knfn.errors import KnfnError
 
-# Left out of the digest and the snapshot, as .dockerignore leaves them out of the image.
-IGNORED_DIRS = frozenset({"__pycache__", "tests", ".pytest_cache", ".mypy_cache", ".ruff_cache"})
+# Left out of the digest and the snapshot exactly as the repository's .dockerignore leaves them
+# out of the image, so that the revision is what the image holds: caches and bytecode anywhere,
+# the function's own tests/ folder, and Python test modules.
+IGNORED_DIRS = frozenset({"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"})
 IGNORED_SUFFIXES = (".pyc", ".pyo")
 
 
@@ -30,8 +32,10 @@ def _is_ignored(rel: Path) -> bool:
     name = rel.name
     return (
         any(part in IGNORED_DIRS or part.endswith(".egg-info") for part in rel.parts)
+        or rel.parts[0] == "tests"  # functions/*/tests/
         or name.endswith(IGNORED_SUFFIXES)
-        or name.startswith("test_")
+        or (name.startswith("test_") and name.endswith(".py"))  # functions/**/test_*.py
+        or name.endswith("_test.py")  # functions/**/*_test.py
         or name == "conftest.py"
     )
 

@@ -9,13 +9,12 @@ route reaches any more are drained and stopped, as Knative scales unreachable re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from knfn import manifests as mf
 from knfn import metrics, traffic
@@ -23,10 +22,9 @@ from knfn.kpa import Autoscaler
 from knfn.logs import Printer
 from knfn.ports import free_port
 from knfn.replica_env import SecretValues, resolve
-from knfn.replica_records import ReplicaRecords
-from knfn.revisions import Revision, RevisionStore
+from knfn.revisions import Revision
 from knfn.routing import Target
-from knfn.supervisor import Replica, ReplicaError, ReplicaSpec
+from knfn.supervisor import ReplicaError, ReplicaSpec
 from knfn.template import Template, start_mode
 from knfn.throttler import Endpoint, Throttler
 
@@ -50,9 +48,41 @@ class Caps:
         return cls(int(env.get("KNFN_MAX_REPLICAS_PER_REVISION", total)), total)
 
 
+class ReplicaHandle(Protocol):
+    """What serving uses of a replica: knfn.supervisor.Replica, or a fake in unit tests."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def exited(self) -> bool: ...
+    async def start(self) -> None: ...
+    async def wait_ready(self, timeout: float) -> float:
+        """Until ready; raises ReplicaError when it exits first or is not ready in time."""
+        ...
+
+    async def wait_gone(self) -> str:
+        """Until it exits or cannot be read any more; which, in words."""
+        ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+class Revisions(Protocol):
+    """Where revisions are recorded: knfn.revisions.RevisionStore (Postgres)."""
+
+    def ensure(
+        self, namespace: str, service: str, source: Path, template: Mapping[str, Any]
+    ) -> Revision: ...
+    def get(self, namespace: str, name: str) -> Revision | None: ...
+
+
 @dataclass(eq=False)
 class ReplicaSlot:
-    replica: Replica
+    replica: ReplicaHandle
     started: float
     endpoint: Endpoint | None = None
     stopping: bool = False
@@ -63,7 +93,7 @@ class Context:
     """What every revision runtime needs from the outside, built once by dev."""
 
     printer: Printer
-    store: RevisionStore
+    store: Revisions
     values: SecretValues
     proxy_url: str
     host_env: Mapping[str, str]
@@ -71,8 +101,12 @@ class Context:
     new_decider: Callable[[mf.Service], Autoscaler]
     caps: Caps
     functions_dir: Path
-    records: ReplicaRecords  # of the state dir: replicas a killed run left are found there
+    new_replica: Callable[[ReplicaSpec], ReplicaHandle]  # supervisor.Replica, as new_decider
     clock: Callable[[], float] = time.monotonic
+    # Injected with the clock so that serving is tested without processes, sockets or waiting
+    # (tests/unit/fakes.py).
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    pick_port: Callable[[], int] = free_port
     templates: bool = False  # fork replicas from a template per revision (knfn/template.py)
 
 
@@ -85,7 +119,9 @@ class RevisionRuntime:
         self.revision = revision
         self.ctx = serving.ctx
         self.decider = self.ctx.new_decider(service)
-        self.throttler = Throttler(service.container_concurrency, on_cold=self.poke)
+        self.throttler = Throttler(
+            service.container_concurrency, on_cold=self.poke, clock=self.ctx.clock
+        )
         self.slots: list[ReplicaSlot] = []
         self.desired = self.decider.initial_pods()
         self.routable = True
@@ -163,7 +199,7 @@ class RevisionRuntime:
     def _spawn(self) -> None:
         index = self._next_index
         self._next_index += 1
-        port = free_port()
+        port = self.ctx.pick_port()
         env = self._env(port)
         spec = ReplicaSpec(
             self.service.name,
@@ -176,7 +212,7 @@ class RevisionRuntime:
             self.service.container.readiness_path,
             template=self.template,
         )
-        slot = ReplicaSlot(Replica(spec, self.ctx.printer, self.ctx.records), self.ctx.clock())
+        slot = ReplicaSlot(self.ctx.new_replica(spec), self.ctx.clock())
         self.slots.append(slot)
         self._track(self._run(slot))
 
@@ -219,7 +255,9 @@ class RevisionRuntime:
             await replica.start()
             await replica.wait_ready(READY_TIMEOUT)
         except (ReplicaError, OSError) as exc:
-            self.ctx.printer.line("knfn", f"{replica.spec.name}: {exc}")
+            if slot.stopping:  # retired while starting: it exited because it was asked to
+                return
+            self.ctx.printer.line("knfn", f"{replica.name}: {exc}")
             await self._crashed(slot)
             return
         if slot.stopping:
@@ -236,7 +274,7 @@ class RevisionRuntime:
         # accepting connections): either way it has failed and is replaced.
         gone = await replica.wait_gone()
         if not slot.stopping:
-            self.ctx.printer.line("knfn", f"{replica.spec.name} {gone}")
+            self.ctx.printer.line("knfn", f"{replica.name} {gone}")
             await self._crashed(slot)
 
     async def _crashed(self, slot: ReplicaSlot) -> None:
@@ -246,13 +284,15 @@ class RevisionRuntime:
             self.throttler.remove(slot.endpoint)
         slot.stopping = True
         await slot.replica.stop(grace=0)
-        self.slots.remove(slot)
+        # forget_stopped may have dropped it meanwhile: it exits before its output is drained.
+        if slot in self.slots:
+            self.slots.remove(slot)
         lived = self.ctx.clock() - slot.started
         self._backoff = (
             0.5 if lived > HEALTHY_AFTER else min(CRASH_BACKOFF_MAX, max(0.5, self._backoff * 2))
         )
         self._not_before = self.ctx.clock() + self._backoff
-        await asyncio.sleep(self._backoff)
+        await self.ctx.sleep(self._backoff)
         self.reconcile()
 
     def forget_stopped(self) -> None:
@@ -292,7 +332,7 @@ class RevisionRuntime:
             "capped_at": self.capped_at,
             "replicas": [
                 {
-                    "name": s.replica.spec.name,
+                    "name": s.replica.name,
                     "url": s.replica.url,
                     "pid": s.replica.pid,
                     "ready": s.endpoint is not None and not s.stopping,
@@ -325,6 +365,8 @@ class Serving:
         self.manifests = manifests
         self.services: dict[tuple[str, str], ServiceState] = {}
         self._hosts: dict[tuple[str, str], tuple[ServiceState, str | None]] = {}
+        # Revisions no route reaches any more whose replicas still drain: stop reaches them.
+        self._draining: set[RevisionRuntime] = set()
 
     # -- configuration ------------------------------------------------------------------------
     async def apply(self, manifests: mf.Manifests) -> None:
@@ -334,6 +376,7 @@ class Serving:
         wanted = {(s.namespace, s.name): s for s in manifests.services}
         for key in [k for k in self.services if k not in wanted]:
             gone = self.services.pop(key)
+            self._draining.update(gone.revisions.values())
             await asyncio.gather(*(rt.stop() for rt in gone.revisions.values()))
         for key, svc in wanted.items():
             revision = await loop.run_in_executor(
@@ -394,6 +437,7 @@ class Serving:
                 if not rt.active and not rt.throttler.meter.value:
                     del state.revisions[name]
                     rt.drop_template()
+                    self._draining.add(rt)
 
     def _index_hosts(self) -> None:
         hosts: dict[tuple[str, str], tuple[ServiceState, str | None]] = {}
@@ -431,12 +475,15 @@ class Serving:
         """Every second feed the autoscalers; every tick let them decide."""
         next_decision = self.ctx.clock() + tick
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+            await self._second(stop)
             now = self.ctx.clock()
             for rt in self.runtimes():
                 rt.record(now)
                 rt.forget_stopped()
+            for rt in list(self._draining):
+                rt.forget_stopped()
+                if not rt.slots:
+                    self._draining.discard(rt)
             if now >= next_decision:
                 next_decision = now + tick
                 for state in self.services.values():
@@ -445,6 +492,15 @@ class Serving:
                     self._route(state)
             self._export()
 
+    async def _second(self, stop: asyncio.Event) -> None:
+        """A second of the context's sleep, cut short by stop."""
+        waits = [asyncio.ensure_future(self.ctx.sleep(1.0)), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
     def _export(self) -> None:
         for rt in self.runtimes():
             metrics.REPLICAS.labels(*rt.labels, "desired").set(rt.desired)
@@ -452,7 +508,8 @@ class Serving:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop every replica; grace=0 (a forced stop) kills them at once."""
-        await asyncio.gather(*(rt.stop(grace) for rt in self.runtimes()), return_exceptions=True)
+        runtimes = [*self.runtimes(), *self._draining]
+        await asyncio.gather(*(rt.stop(grace) for rt in runtimes), return_exceptions=True)
 
     def status(self) -> dict[str, Any]:
         services = []

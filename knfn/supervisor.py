@@ -67,6 +67,10 @@ class Replica:
         self.ready = False
 
     @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.spec.port}"
 

@@ -154,6 +154,7 @@ def test_unreadable_output_gets_the_replica_replaced(function_dir: Path, tmp_pat
     )
     manifests = mf.Manifests((svc,), {}, {}, ())
     scaler = autoscaling.AutoscalerConfig.from_configmap({})
+    records = ReplicaRecords(tmp_path / "run")
     ctx = Context(
         printer=printer,
         store=cast(RevisionStore, None),  # unused by a revision's runtime
@@ -164,7 +165,7 @@ def test_unreadable_output_gets_the_replica_replaced(function_dir: Path, tmp_pat
         new_decider=lambda s: Autoscaler(autoscaling.resolve_revision_scaling({}, 0, scaler)),
         caps=Caps(4, 4),
         functions_dir=tmp_path,
-        records=ReplicaRecords(tmp_path / "run"),
+        new_replica=lambda spec: Replica(spec, printer, records),
     )
     ready: list[str] = []
 
@@ -211,7 +212,7 @@ def test_unreadable_output_gets_the_replica_replaced(function_dir: Path, tmp_pat
 
     asyncio.run(main())
     assert any("output could not be read" in text for _, text in printer.lines)
-    assert ctx.records.records() == []
+    assert records.records() == []
 
 
 @pytest.mark.parametrize("setpriv", [SETPRIV, None], ids=["setpriv", "python"])
