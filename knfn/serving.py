@@ -24,7 +24,7 @@ from knfn.logs import Printer
 from knfn.ports import free_port
 from knfn.replica_env import SecretValues, resolve
 from knfn.replica_records import ReplicaRecords
-from knfn.revisions import Revision, RevisionStore
+from knfn.revisions import Revision, RevisionStore, digest
 from knfn.routing import Target
 from knfn.supervisor import Replica, ReplicaError, ReplicaSpec
 from knfn.template import Template, start_mode
@@ -348,11 +348,8 @@ class Serving:
             gone = self.services.pop(key)
             await asyncio.gather(*(rt.stop() for rt in gone.revisions.values()))
         for key, svc in wanted.items():
-            revision = await loop.run_in_executor(
-                None, self.ctx.store.ensure, svc.namespace, svc.name,
-                self.ctx.functions_dir / svc.name, svc.template,
-            )  # fmt: skip
             existing = self.services.get(key)
+            revision = await loop.run_in_executor(None, self._revision, svc, existing)
             runtime = existing.revisions.get(revision.name) if existing else None
             if runtime is None:
                 runtime = RevisionRuntime(self, svc, revision)
@@ -371,6 +368,18 @@ class Serving:
             for rt in state.revisions.values():
                 rt.reconcile()
         self._index_hosts()
+
+    def _revision(self, svc: mf.Service, existing: ServiceState | None) -> Revision:
+        """The revision of svc's code and template: one already running when the digest is
+        theirs (a hot reload then costs no database round trip per unchanged Service), else
+        the store's, new if need be."""
+        folder = self.ctx.functions_dir / svc.name
+        if existing is not None:
+            want = digest(folder, svc.template)
+            for rt in existing.revisions.values():
+                if rt.revision.digest == want:
+                    return rt.revision
+        return self.ctx.store.ensure(svc.namespace, svc.name, folder, svc.template)
 
     async def _pinned(self, svc: mf.Service, name: str) -> RevisionRuntime:
         loop = asyncio.get_running_loop()

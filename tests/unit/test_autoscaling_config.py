@@ -225,7 +225,9 @@ def test_local_overrides_go_below_upstream_minimums() -> None:
     """The local-only settings may set a 2 s window, no grace and a 500 ms tick, for demos."""
     overrides = LocalOverrides(
         stable_window=parse_local_override("KNFN_AUTOSCALER_STABLE_WINDOW", "2s"),
-        scale_to_zero_grace_period=parse_local_override("KNFN_AUTOSCALER_SCALE_TO_ZERO_GRACE", "0s"),
+        scale_to_zero_grace_period=parse_local_override(
+            "KNFN_AUTOSCALER_SCALE_TO_ZERO_GRACE", "0s"
+        ),
         tick_interval=parse_local_override("KNFN_AUTOSCALER_TICK", "500ms"),
     )
     cfg = with_local_overrides(AutoscalerConfig(), overrides)
