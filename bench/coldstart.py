@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,7 +61,7 @@ PSS_ROUNDS = 5  # rounds whose replica's memory is measured (the median is repor
 MODES = ("fork", "spawn")
 SCALE_OUT = 20  # hello's max-scale (knative/base/service-hello.yaml)
 SCALE_OUT_CLIENTS = 200  # 20x its target of 10 in flight per replica
-SCALE_OUT_SLEEP_MS = 5000  # each request stays in flight while the revision scales out
+SCALE_OUT_SLEEP_MS = 2000  # each request stays in flight while the revision scales out
 SCALE_OUT_TIMEOUT = 60.0
 
 
@@ -226,9 +227,11 @@ async def hold(port: int, clients: int) -> list[int]:
         return await asyncio.gather(*(one() for _ in range(clients)))
 
 
-def scale_out(dev: KnfnDev) -> tuple[float, float]:
+def scale_out(dev: KnfnDev) -> tuple[float, float, Counter[int]]:
     """From zero: seconds from the decision of SCALE_OUT replicas, and from the requests being
-    sent, to SCALE_OUT ready (/status polled every few ms)."""
+    sent, to SCALE_OUT ready (/status polled every few ms); the requests' statuses. The first
+    replica takes every held request (containerConcurrency 0, as the activator hands them
+    over) and serves them with its gunicorn threads, so some may time out (504): counted."""
     wait_zero(dev)
     statuses: list[int] = []
     load = threading.Thread(
@@ -248,10 +251,9 @@ def scale_out(dev: KnfnDev) -> tuple[float, float]:
             raise BenchError(f"{SERVICE} not at {SCALE_OUT} ready within {SCALE_OUT_TIMEOUT:g}s")
         time.sleep(0.005)
     load.join()
-    failed = [s for s in statuses if s != 200]
-    if failed or decided is None:
-        raise BenchError(f"scale-out: {len(failed)} requests failed: {failed[:5]}")
-    return now - decided, now - sent
+    if decided is None:
+        raise BenchError(f"scale-out: /status never showed {SCALE_OUT} desired")
+    return now - decided, now - sent, Counter(statuses)
 
 
 def startups() -> tuple[float, float]:
@@ -274,7 +276,7 @@ class Measured:
         self.bare: list[float] = []
         self.memory: list[tuple[int, int]] = []
         self.own: float | None = None
-        self.scale_out: tuple[float, float] | None = None
+        self.scale_out: tuple[float, float, Counter[int]] | None = None
 
 
 def measure(mode: str, runs: int) -> Measured:
@@ -347,12 +349,12 @@ def run(runs: int) -> int:
             )
     print()
     if fork.scale_out is not None:
-        decision, sent = fork.scale_out
+        decision, sent, statuses = fork.scale_out
         print(
             f"Scale-out of {SERVICE} from 0 to {SCALE_OUT} forked replicas under "
             f"{SCALE_OUT_CLIENTS} requests of {SCALE_OUT_SLEEP_MS} ms (target: 1 s from the "
             f"decision): decision to {SCALE_OUT} ready {decision * 1000:.0f} ms; requests sent "
-            f"to {SCALE_OUT} ready {sent * 1000:.0f} ms"
+            f"to {SCALE_OUT} ready {sent * 1000:.0f} ms; statuses {dict(statuses)}"
         )
     print(
         f"knfn dev start to ready (target warm: 2 s): new state dir {cold_start:.2f} s, "
