@@ -347,9 +347,13 @@ class Serving:
         for key in [k for k in self.services if k not in wanted]:
             gone = self.services.pop(key)
             await asyncio.gather(*(rt.stop() for rt in gone.revisions.values()))
-        for key, svc in wanted.items():
+        # Every Service's revision at once: each is a digest and maybe a database round trip.
+        found = await asyncio.gather(*(
+            loop.run_in_executor(None, self._revision, svc, self.services.get(key))
+            for key, svc in wanted.items()
+        ))  # fmt: skip
+        for (key, svc), revision in zip(wanted.items(), found, strict=True):
             existing = self.services.get(key)
-            revision = await loop.run_in_executor(None, self._revision, svc, existing)
             runtime = existing.revisions.get(revision.name) if existing else None
             if runtime is None:
                 runtime = RevisionRuntime(self, svc, revision)
