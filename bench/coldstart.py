@@ -14,7 +14,12 @@ two. Each of --runs rounds in each run:
    the environment a hello replica gets, polled until its first 200 (the floor any
    spawn-per-replica design stays above).
 
-All after one unmeasured round of each. Timings are printed, never asserted.
+All after one unmeasured round of each. Then, in the fork run, a scale-out: with hello at zero,
+SCALE_OUT_CLIENTS requests that each sleep a few seconds (20x hello's target of 10 in flight),
+timed from the first /status showing the autoscaler's decision of 20 replicas (its max-scale)
+to 20 ready, and from the requests being sent. Last, `knfn dev` started twice on one state
+directory: cold (initdb, buckets, revisions) and warm (what a user's second start costs), from
+the process starting to its ready line. Timings are printed, never asserted.
 
     .venv/bin/python bench/coldstart.py [--runs 50]
 """
@@ -22,13 +27,17 @@ All after one unmeasured round of each. Timings are printed, never asserted.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import http.client
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,6 +59,10 @@ SPAWN_POLL_SECONDS = 0.002
 SPAWN_TIMEOUT = 30.0
 PSS_ROUNDS = 5  # rounds whose replica's memory is measured (the median is reported)
 MODES = ("fork", "spawn")
+SCALE_OUT = 20  # hello's max-scale (knative/base/service-hello.yaml)
+SCALE_OUT_CLIENTS = 200  # 20x its target of 10 in flight per replica
+SCALE_OUT_SLEEP_MS = 2000  # each request stays in flight while the revision scales out
+SCALE_OUT_TIMEOUT = 60.0
 
 
 def first_byte(port: int, host: str) -> tuple[float, int, bytes]:
@@ -197,6 +210,64 @@ def replica_memory(dev: KnfnDev) -> tuple[int, int] | None:
     return group_pss(pid), pss_kib(template) if template else 0
 
 
+async def hold(port: int, clients: int) -> list[int]:
+    """clients concurrent requests to hello that each sleep SCALE_OUT_SLEEP_MS; their statuses."""
+    import aiohttp
+
+    url = f"http://127.0.0.1:{port}/?sleep={SCALE_OUT_SLEEP_MS}"
+    timeout = aiohttp.ClientTimeout(total=SCALE_OUT_TIMEOUT)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one() -> int:
+            async with session.get(url, headers={"Host": HOST}) as resp:
+                await resp.read()
+                return resp.status
+
+        return await asyncio.gather(*(one() for _ in range(clients)))
+
+
+def scale_out(dev: KnfnDev) -> tuple[float, float, Counter[int]]:
+    """From zero: seconds from the decision of SCALE_OUT replicas, and from the requests being
+    sent, to SCALE_OUT ready (/status polled every few ms); the requests' statuses. The first
+    replica takes every held request (containerConcurrency 0, as the activator hands them
+    over) and serves them with its gunicorn threads, so some may time out (504): counted."""
+    wait_zero(dev)
+    statuses: list[int] = []
+    load = threading.Thread(
+        target=lambda: statuses.extend(asyncio.run(hold(dev.port, SCALE_OUT_CLIENTS)))
+    )
+    sent = time.perf_counter()
+    load.start()
+    decided: float | None = None
+    while True:
+        rev = dev.revision(SERVICE)
+        now = time.perf_counter()
+        if decided is None and rev["desired_replicas"] >= SCALE_OUT:
+            decided = now
+        if rev["ready_replicas"] >= SCALE_OUT:
+            break
+        if now - sent > SCALE_OUT_TIMEOUT:
+            raise BenchError(f"{SERVICE} not at {SCALE_OUT} ready within {SCALE_OUT_TIMEOUT:g}s")
+        time.sleep(0.005)
+    load.join()
+    if decided is None:
+        raise BenchError(f"scale-out: /status never showed {SCALE_OUT} desired")
+    return now - decided, now - sent, Counter(statuses)
+
+
+def startups() -> tuple[float, float]:
+    """Seconds from `knfn dev` starting to its ready line: on a new state dir, then again on it."""
+    with tempfile.TemporaryDirectory(prefix="knfn-bench-state-") as tmp:
+        ports = {"KNFN_PG_PORT": str(free_port()), "KNFN_S3_PORT": str(free_port())}
+        seconds = []
+        for _ in range(2):
+            with KnfnDev({**KNFN_ENV, **ports}, state_dir=Path(tmp) / "state") as dev:
+                seconds.append(dev.start_seconds)
+                print(f"knfn: {dev.command_line()}", flush=True)
+        return seconds[0], seconds[1]
+
+
 class Measured:
     """What one knfn run measured."""
 
@@ -205,6 +276,7 @@ class Measured:
         self.bare: list[float] = []
         self.memory: list[tuple[int, int]] = []
         self.own: float | None = None
+        self.scale_out: tuple[float, float, Counter[int]] | None = None
 
 
 def measure(mode: str, runs: int) -> Measured:
@@ -223,6 +295,8 @@ def measure(mode: str, runs: int) -> Measured:
             wait_zero(dev)
             got.bare.append(bare_spawn(env))
         got.own = knfn_cold_start_mean(dev)
+        if mode == "fork":
+            got.scale_out = scale_out(dev)
         code = dev.stop()
     print(f"knfn --replica-start {mode}: exit code {code}", flush=True)
     return got
@@ -235,6 +309,7 @@ def median(values: Sequence[int]) -> float:
 def run(runs: int) -> int:
     print(f"machine: {machine()}")
     results = {mode: measure(mode, runs) for mode in MODES}
+    cold_start, warm_start = startups()
     fork, spawn = results["fork"], results["spawn"]
     bare = fork.bare + spawn.bare
     print(
@@ -272,6 +347,19 @@ def run(runs: int) -> int:
                 f"knfn_cold_start_duration_seconds ({mode}; request at zero to ready), mean of "
                 f"all {SERVICE} cold starts incl. the unmeasured one: {got.own * 1000:.1f} ms"
             )
+    print()
+    if fork.scale_out is not None:
+        decision, sent, statuses = fork.scale_out
+        print(
+            f"Scale-out of {SERVICE} from 0 to {SCALE_OUT} forked replicas under "
+            f"{SCALE_OUT_CLIENTS} requests of {SCALE_OUT_SLEEP_MS} ms (target: 1 s from the "
+            f"decision): decision to {SCALE_OUT} ready {decision * 1000:.0f} ms; requests sent "
+            f"to {SCALE_OUT} ready {sent * 1000:.0f} ms; statuses {dict(statuses)}"
+        )
+    print(
+        f"knfn dev start to ready (target warm: 2 s): new state dir {cold_start:.2f} s, "
+        f"warm (second start on it) {warm_start:.2f} s"
+    )
     return 0
 
 

@@ -110,14 +110,16 @@ def http_get(port: int, path: str = "/", host: str | None = None) -> tuple[int, 
 class KnfnDev:
     """`knfn dev` as a subprocess on free ports, with extra environment (autoscaler overrides)."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], state_dir: Path | None = None) -> None:
+        """state_dir: a state directory to (re)use (a warm start), else a new temporary one."""
         self.extra_env = dict(env)
         self.port = free_port()
         self.admin_port = free_port()
         self._tmp = tempfile.TemporaryDirectory(prefix="knfn-bench-")
-        self.state_dir = Path(self._tmp.name) / "state"
+        self.state_dir = state_dir or Path(self._tmp.name) / "state"
         self.log = Path(self._tmp.name) / "dev.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.start_seconds = 0.0  # from starting the process to its ready line
 
     @property
     def pid(self) -> int:
@@ -146,7 +148,7 @@ class KnfnDev:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in EXTERNAL_BACKING}
         env.update(KNFN_PG_PORT=str(free_port()), KNFN_S3_PORT=str(free_port()))
-        env.update(self.extra_env)
+        env.update(self.extra_env)  # may fix the backing ports, for a second start
         return env
 
     def command_line(self) -> str:
@@ -156,24 +158,26 @@ class KnfnDev:
 
     def start(self) -> None:
         """Start knfn and wait for its ready line; BenchError with the log's tail if it fails."""
+        env, started = self.env(), time.monotonic()
         with open(self.log, "wb") as out:
             # Own session: a Ctrl-C at the terminal reaches the benchmark, which stops knfn.
             self.proc = subprocess.Popen(
                 self.argv,
-                env=self.env(),
+                env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         proc = self.proc
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = started + START_TIMEOUT
         while READY_LINE not in self.log.read_text("utf-8", "replace"):
             if proc.poll() is not None:
                 raise BenchError(f"knfn dev exited with code {proc.returncode}:\n{self.tail()}")
             if time.monotonic() > deadline:
                 raise BenchError(f"knfn dev not ready within {START_TIMEOUT:g}s:\n{self.tail()}")
-            time.sleep(0.1)
+            time.sleep(0.01)
+        self.start_seconds = time.monotonic() - started
 
     def tail(self, lines: int = 30) -> str:
         text = self.log.read_text("utf-8", "replace") if self.log.exists() else ""

@@ -22,13 +22,13 @@ Local-only overrides
 Upstream's limits suit a cluster: a stable window of at least 6 s, a 2 s tick, a scale-to-zero
 grace period above zero. Watching a revision scale down to zero on a laptop then takes a minute
 and a half. :func:`with_local_overrides` lets ``knfn dev`` (and tests) shorten that, from these
-environment variables, read once at the CLI edge:
+options of ``knfn dev`` (knfn/cli.py), each with its environment variable:
 
-``KNFN_AUTOSCALER_STABLE_WINDOW``
+``--autoscaler-stable-window`` / ``KNFN_AUTOSCALER_STABLE_WINDOW``
     default stable window (e.g. ``2s``); may go below upstream's 6 s, down to one 1 s bucket.
-``KNFN_AUTOSCALER_SCALE_TO_ZERO_GRACE``
+``--autoscaler-scale-to-zero-grace`` / ``KNFN_AUTOSCALER_SCALE_TO_ZERO_GRACE``
     scale-to-zero grace period (e.g. ``0s``); may be zero.
-``KNFN_AUTOSCALER_TICK``
+``--autoscaler-tick`` / ``KNFN_AUTOSCALER_TICK``
     how often the autoscaler decides (default ``2s``, upstream's fixed tick; e.g. ``500ms``).
 
 They replace ConfigMap values only, so a revision's own ``autoscaling.knative.dev/window``
@@ -314,7 +314,7 @@ def _validate_config(cfg: AutoscalerConfig, data: Mapping[str, str]) -> list[str
     return problems
 
 
-# Variable -> (field, smallest value allowed). See the module docstring.
+# Variable -> (LocalOverrides field, smallest value allowed). See the module docstring.
 LOCAL_OVERRIDES: Mapping[str, tuple[str, float]] = {
     "KNFN_AUTOSCALER_STABLE_WINDOW": ("stable_window", BUCKET_SIZE),
     "KNFN_AUTOSCALER_SCALE_TO_ZERO_GRACE": ("scale_to_zero_grace_period", 0.0),
@@ -322,31 +322,32 @@ LOCAL_OVERRIDES: Mapping[str, tuple[str, float]] = {
 }
 
 
-def with_local_overrides(cfg: AutoscalerConfig, env: Mapping[str, str]) -> AutoscalerConfig:
-    """``cfg`` with the local-only ``KNFN_AUTOSCALER_*`` variables applied (module docstring).
+@dataclass(frozen=True)
+class LocalOverrides:
+    """The local-only settings (module docstring), in seconds; None leaves the ConfigMap's."""
 
-    Unset or empty variables change nothing. Raises :class:`AutoscalingError` naming every bad
-    variable and its value.
+    stable_window: float | None = None
+    scale_to_zero_grace_period: float | None = None
+    tick_interval: float | None = None
+
+
+def parse_local_override(name: str, raw: str) -> float:
+    """Seconds for the local-only variable ``name`` (a :data:`LOCAL_OVERRIDES` key).
+
+    Raises :class:`ValueError` saying what is wrong with ``raw``; the caller names the variable.
     """
-    problems: list[str] = []
-    values: dict[str, Any] = {}
-    for name, (field_name, least) in LOCAL_OVERRIDES.items():
-        raw = env.get(name, "")
-        if not raw:
-            continue
-        try:
-            seconds = parse_duration(raw)
-        except ValueError as err:
-            problems.append(f"{name}={raw!r}: {err}")
-            continue
-        if seconds < least:
-            problems.append(f"{name}={raw!r}: must be at least {_seconds(least)}")
-        elif field_name == "stable_window" and not (seconds.is_integer() and seconds <= WINDOW_MAX):
-            problems.append(f"{name}={raw!r}: must be whole seconds, at most 1h")
-        else:
-            values[field_name] = seconds
-    if problems:
-        raise AutoscalingError(problems)
+    field_name, least = LOCAL_OVERRIDES[name]
+    seconds = parse_duration(raw)
+    if seconds < least:
+        raise ValueError(f"must be at least {_seconds(least)}")
+    if field_name == "stable_window" and not (seconds.is_integer() and seconds <= WINDOW_MAX):
+        raise ValueError("must be whole seconds, at most 1h")
+    return seconds
+
+
+def with_local_overrides(cfg: AutoscalerConfig, overrides: LocalOverrides) -> AutoscalerConfig:
+    """``cfg`` with the local-only settings that are set applied (module docstring)."""
+    values = {k: v for k, v in vars(overrides).items() if v is not None}
     return replace(cfg, **values)
 
 

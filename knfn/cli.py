@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from knfn import ports
+from knfn import budget, ports
 from knfn.backing import services
 from knfn.errors import KnfnError
 from knfn.settings import Settings
@@ -181,6 +181,56 @@ def admin_buckets(settings: Settings, names: tuple[str, ...]) -> None:
     click.echo(f"created {len(created)} bucket(s)" + _listed(created))
 
 
+class LocalDuration(click.ParamType[float, Any]):
+    """A local-only autoscaler setting (knfn/autoscaling.py): a Go duration, checked there."""
+
+    name = "duration"
+
+    def __init__(self, variable: str) -> None:
+        self.variable = variable
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        from knfn import autoscaling
+
+        try:
+            return autoscaling.parse_local_override(self.variable, str(value))
+        except ValueError as exc:
+            self.fail(f"{value!r}: {exc}", param, ctx)
+
+
+class MemorySize(click.ParamType["budget.Reserve", Any]):
+    """The memory reserve: a percentage of the machine's memory, or bytes (knfn/budget.py)."""
+
+    name = "size"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> budget.Reserve:
+
+        if isinstance(value, budget.Reserve):
+            return value
+        try:
+            return budget.Reserve.parse(str(value))
+        except budget.BudgetError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def local_autoscaler_option(flag: str, variable: str, example: str, what: str) -> Callable[[F], F]:
+    return click.option(
+        flag,
+        envvar=variable,
+        show_envvar=True,
+        type=LocalDuration(variable),
+        default=None,
+        help=f"Local only, never in a cluster: {what} (e.g. {example}) "
+        "[default: config-autoscaler's].",
+    )
+
+
 @main.command("dev")
 @gateway_port
 @admin_port_option
@@ -219,6 +269,43 @@ def admin_buckets(settings: Settings, names: tuple[str, ...]) -> None:
     help="fork: replicas are forks of a template per revision that has imported the function "
     "(Linux); spawn: a new functions-framework process each (env KNFN_REPLICA_START).",
 )
+@click.option(
+    "--memory-reserve",
+    envvar="KNFN_MEMORY_RESERVE",
+    show_envvar=True,
+    type=MemorySize(),
+    default="10%",
+    show_default=True,
+    help="Memory kept free: replicas start while MemAvailable stays above it (a percentage of "
+    "memory, or 512Mi, 2Gi...). A request to a revision at zero always gets its first replica.",
+)
+@click.option(
+    "--max-replicas",
+    envvar="KNFN_MAX_REPLICAS",
+    show_envvar=True,
+    type=click.IntRange(min=1),
+    default=None,
+    help="A cap on replicas in all, on top of the memory budget [default: none].",
+)
+@click.option(
+    "--max-replicas-per-revision",
+    envvar="KNFN_MAX_REPLICAS_PER_REVISION",
+    show_envvar=True,
+    type=click.IntRange(min=1),
+    default=None,
+    help="A cap on the replicas of each revision, below its max-scale [default: none].",
+)
+@local_autoscaler_option(
+    "--autoscaler-stable-window", "KNFN_AUTOSCALER_STABLE_WINDOW", "6s",
+    "the stable window, whole seconds, may go below upstream's 6s",
+)  # fmt: skip
+@local_autoscaler_option(
+    "--autoscaler-scale-to-zero-grace", "KNFN_AUTOSCALER_SCALE_TO_ZERO_GRACE", "0s",
+    "the scale-to-zero grace period, may be zero",
+)  # fmt: skip
+@local_autoscaler_option(
+    "--autoscaler-tick", "KNFN_AUTOSCALER_TICK", "500ms", "how often the autoscaler decides"
+)
 @pass_settings
 @handle_errors
 def dev_command(
@@ -230,6 +317,12 @@ def dev_command(
     shutdown_timeout: float,
     max_event_bytes: int,
     replica_start: str,
+    memory_reserve: budget.Reserve,
+    max_replicas: int | None,
+    max_replicas_per_revision: int | None,
+    autoscaler_stable_window: float | None,
+    autoscaler_scale_to_zero_grace: float | None,
+    autoscaler_tick: float | None,
 ) -> None:
     """Run the whole system: backing services, admin processes, every Service, the gateway."""
     # Checked before anything starts, so a clash costs one line and leaves nothing running:
@@ -243,12 +336,16 @@ def dev_command(
 
     import uvloop
 
-    from knfn import dev
+    from knfn import autoscaling, dev
     from knfn.logs import Printer
 
     options = dev.DevOptions(
         port, admin_port, watch, dict(os.environ), dispatchers, shutdown_timeout, max_event_bytes,
         listeners=listeners, replica_start=replica_start,
+        caps=budget.Caps(max_replicas_per_revision, max_replicas, memory_reserve),
+        autoscaler=autoscaling.LocalOverrides(
+            autoscaler_stable_window, autoscaler_scale_to_zero_grace, autoscaler_tick
+        ),
     )  # fmt: skip
     try:
         uvloop.run(dev.run(settings, options, Printer()))

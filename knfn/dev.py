@@ -32,6 +32,7 @@ from aiohttp import web
 from knfn import admin, admin_api, autoscaling, manifests, server, template, watch
 from knfn.backing import services
 from knfn.backing.supervise import supervise
+from knfn.budget import Caps
 from knfn.errors import KnfnError
 from knfn.eventing import config as eventing_config
 from knfn.eventing.runtime import Eventing
@@ -41,7 +42,7 @@ from knfn.logs import Printer
 from knfn.replica_env import SecretValues
 from knfn.replica_records import ReplicaRecords
 from knfn.revisions import RevisionStore
-from knfn.serving import Caps, Context, Serving
+from knfn.serving import Context, Serving
 from knfn.settings import Settings
 from knfn.supervisor import Replica
 
@@ -64,6 +65,8 @@ class DevOptions:
     # Ports the CLI already bound (so a busy one failed before anything started), by port.
     listeners: Mapping[int, socket.socket] = field(default_factory=dict)
     replica_start: str = "fork"  # or "spawn": no templates (knfn/template.py)
+    caps: Caps = field(default_factory=Caps)  # the replica budget (knfn/budget.py)
+    autoscaler: autoscaling.LocalOverrides = field(default_factory=autoscaling.LocalOverrides)
 
 
 def _status(serving: Serving, eventing: Eventing) -> admin_api.Status:
@@ -85,13 +88,13 @@ def configured_buckets(m: manifests.Manifests) -> list[str]:
 
 
 def autoscaler_config(
-    m: manifests.Manifests, env: Mapping[str, str]
+    m: manifests.Manifests, overrides: autoscaling.LocalOverrides
 ) -> autoscaling.AutoscalerConfig:
     """config-autoscaler from the manifests (as in the cluster), then the local-only overrides."""
     data = m.config_maps.get(("knative-serving", "config-autoscaler"), {})
     try:
         cfg = autoscaling.AutoscalerConfig.from_configmap(data)
-        return autoscaling.with_local_overrides(cfg, env)
+        return autoscaling.with_local_overrides(cfg, overrides)
     except autoscaling.AutoscalingError as exc:
         raise KnfnError(f"ConfigMap knative-serving/config-autoscaler: {exc}") from exc
 
@@ -100,7 +103,7 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
     """Bring everything up, serve until SIGINT/SIGTERM, then shut down in reverse."""
     m = manifests.load(settings.knative_dir, settings.functions_dir)
     brokers = eventing_config.load(m)
-    scaler_cfg = autoscaler_config(m, options.host_env)
+    scaler_cfg = autoscaler_config(m, options.autoscaler)
     loop = asyncio.get_running_loop()
 
     # 1. Backing services (blocking calls: run them off the loop).
@@ -149,7 +152,7 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
                     svc.annotations, svc.container_concurrency, scaler_cfg
                 )
             ),
-            caps=Caps.for_machine(options.host_env),
+            caps=options.caps,
             functions_dir=settings.functions_dir,
             new_replica=lambda spec: Replica(spec, say, records),
             templates=options.replica_start == "fork" and template.supported(),

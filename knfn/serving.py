@@ -9,20 +9,20 @@ route reaches any more are drained and stopped, as Knative scales unreachable re
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from knfn import budget, metrics, traffic
 from knfn import manifests as mf
-from knfn import metrics, traffic
+from knfn.budget import Caps as Caps  # Context's field type, re-exported
 from knfn.kpa import Autoscaler
 from knfn.logs import Printer
 from knfn.ports import free_port
 from knfn.replica_env import SecretValues, resolve
-from knfn.revisions import Revision
+from knfn.revisions import Revision, digest
 from knfn.routing import Target
 from knfn.supervisor import ReplicaError, ReplicaSpec
 from knfn.template import Template, start_mode
@@ -32,20 +32,8 @@ READY_TIMEOUT = 60.0
 CRASH_BACKOFF_MAX = 30.0
 # A replica that lived this long resets the crash backoff.
 HEALTHY_AFTER = 10.0
-
-
-@dataclass(frozen=True)
-class Caps:
-    """Local limits on replicas, sized to the machine; reported in /status when they bind."""
-
-    per_revision: int
-    total: int
-
-    @classmethod
-    def for_machine(cls, env: Mapping[str, str]) -> Caps:
-        default = max(4, 4 * (os.cpu_count() or 1))
-        total = int(env.get("KNFN_MAX_REPLICAS", default))
-        return cls(int(env.get("KNFN_MAX_REPLICAS_PER_REVISION", total)), total)
+# How often the memory a replica of each revision takes is measured (knfn/budget.py).
+MEASURE_INTERVAL = 5.0
 
 
 class ReplicaHandle(Protocol):
@@ -108,6 +96,12 @@ class Context:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     pick_port: Callable[[], int] = free_port
     templates: bool = False  # fork replicas from a template per revision (knfn/template.py)
+    # MemAvailable and the reserve kept from it (knfn/budget.py); None: no memory bound.
+    memory: Callable[[budget.Reserve], budget.Memory | None] = budget.available_memory
+    # Where blocking reads (a /proc walk per replica) run: a worker thread, or inline in tests.
+    offload: Callable[[Callable[[], None]], Awaitable[None]] = field(
+        default=lambda fn: asyncio.get_running_loop().run_in_executor(None, fn)
+    )
 
 
 class RevisionRuntime:
@@ -126,6 +120,7 @@ class RevisionRuntime:
         self.desired = self.decider.initial_pods()
         self.routable = True
         self.capped_at: int | None = None
+        self.capped_by: str | None = None  # what holds it below desired (knfn/budget.py)
         self._next_index = 1
         self._backoff = 0.0
         self._not_before = 0.0
@@ -177,16 +172,33 @@ class RevisionRuntime:
         self.desired = self.decider.decide(now, self.ready).desired_pods if self.routable else 0
         self.reconcile()
 
+    @property
+    def key(self) -> str:
+        return f"{self.service.namespace}/{self.revision.name}"
+
+    @property
+    def activating(self) -> bool:
+        """No replica ready, and a request waits for one or it is to replace a serving revision."""
+        return self.ready == 0 and (self._cold_since is not None or self.serving.replacing(self))
+
+    def demand(self) -> budget.Demand:
+        return budget.Demand(
+            self.key, self.desired if self.routable else 0, self.active, self.ready,
+            self.throttler.meter.value, self.activating, self.serving.costs.of(self.key),
+        )  # fmt: skip
+
     def reconcile(self) -> None:
-        """Start or retire replicas until the active count is the desired one, within caps."""
-        want = self.desired if self.routable else 0
-        allowed = min(want, self.ctx.caps.per_revision)
-        allowed = min(allowed, self.active + self.serving.headroom())
-        self.capped_at = allowed if allowed < want else None
+        """Start or retire replicas until the active count is what the replica budget allows."""
+        allowed = self.serving.admit(self)
         now = self.ctx.clock()
         while self.active < allowed and now >= self._not_before:
             self._spawn()
         while self.active > max(allowed, 0):
+            self._retire(self._victim())
+
+    def yield_replica(self) -> None:
+        """Give one replica up for another revision's activation; it drains gracefully."""
+        if self.active:
             self._retire(self._victim())
 
     def _victim(self) -> ReplicaSlot:
@@ -330,6 +342,7 @@ class RevisionRuntime:
             "waiting": self.throttler.waiting,
             "container_concurrency": self.service.container_concurrency,
             "capped_at": self.capped_at,
+            "capped_by": self.capped_by,
             "replicas": [
                 {
                     "name": s.replica.name,
@@ -367,6 +380,9 @@ class Serving:
         self._hosts: dict[tuple[str, str], tuple[ServiceState, str | None]] = {}
         # Revisions no route reaches any more whose replicas still drain: stop reaches them.
         self._draining: set[RevisionRuntime] = set()
+        self.costs = budget.Costs(ctx.caps.replica_estimate)
+        self.memory: budget.Memory | None = None
+        self._binding = budget.BindingLog()
 
     # -- configuration ------------------------------------------------------------------------
     async def apply(self, manifests: mf.Manifests) -> None:
@@ -378,11 +394,12 @@ class Serving:
             gone = self.services.pop(key)
             self._draining.update(gone.revisions.values())
             await asyncio.gather(*(rt.stop() for rt in gone.revisions.values()))
-        for key, svc in wanted.items():
-            revision = await loop.run_in_executor(
-                None, self.ctx.store.ensure, svc.namespace, svc.name,
-                self.ctx.functions_dir / svc.name, svc.template,
-            )  # fmt: skip
+        # Every Service's revision at once: each is a digest and maybe a database round trip.
+        found = await asyncio.gather(*(
+            loop.run_in_executor(None, self._revision, svc, self.services.get(key))
+            for key, svc in wanted.items()
+        ))  # fmt: skip
+        for (key, svc), revision in zip(wanted.items(), found, strict=True):
             existing = self.services.get(key)
             runtime = existing.revisions.get(revision.name) if existing else None
             if runtime is None:
@@ -402,6 +419,18 @@ class Serving:
             for rt in state.revisions.values():
                 rt.reconcile()
         self._index_hosts()
+
+    def _revision(self, svc: mf.Service, existing: ServiceState | None) -> Revision:
+        """The revision of svc's code and template: one already running when the digest is
+        theirs (a hot reload then costs no database round trip per unchanged Service), else
+        the store's, new if need be."""
+        folder = self.ctx.functions_dir / svc.name
+        if existing is not None:
+            want = digest(folder, svc.template)
+            for rt in existing.revisions.values():
+                if rt.revision.digest == want:
+                    return rt.revision
+        return self.ctx.store.ensure(svc.namespace, svc.name, folder, svc.template)
 
     async def _pinned(self, svc: mf.Service, name: str) -> RevisionRuntime:
         loop = asyncio.get_running_loop()
@@ -463,20 +492,73 @@ class Serving:
         return sorted(f"{name}.{ns}" for ns, name in self._hosts)
 
     # -- time ----------------------------------------------------------------------------------
-    def headroom(self) -> int:
-        """Replicas that may still start before the machine-wide cap."""
-        running = sum(rt.active for s in self.services.values() for rt in s.revisions.values())
-        return max(0, self.ctx.caps.total - running)
+    def replacing(self, runtime: RevisionRuntime) -> bool:
+        """runtime is its Service's latest revision, not ready yet, and another one serves."""
+        state = self.services.get((runtime.service.namespace, runtime.service.name))
+        return (
+            state is not None
+            and state.latest is runtime
+            and state.latest_ready not in (None, runtime.name)
+        )
+
+    def admit(self, runtime: RevisionRuntime) -> int:
+        """The replicas runtime may run now under the replica budget (knfn/budget.py); the
+        revisions that must yield to an activation are told to, here."""
+        runtimes = self.runtimes()
+        if runtime not in runtimes:  # a pinned revision being set up, or one being dropped
+            runtimes.append(runtime)
+        caps = self.ctx.caps
+        self.memory = self.ctx.memory(caps.reserve)
+        demands = [rt.demand() for rt in runtimes]
+        decided = budget.plan(demands, self.memory, caps.per_revision, caps.total)
+        for rt in runtimes:
+            rt.capped_by = decided.held.get(rt.key)
+            rt.capped_at = decided.allowed[rt.key] if rt.capped_by else None
+            for _ in range(decided.yields.get(rt.key, 0)):
+                self.ctx.printer.line("knfn", f"{rt.name} yields a replica to {runtime.name}")
+                rt.yield_replica()
+        wanted = {d.name: d.wanted for d in demands}
+        line = self._binding.update(self.ctx.clock(), decided.held, self._why(decided, wanted))
+        if line is not None:
+            self.ctx.printer.line("knfn", line)
+        return decided.allowed[runtime.key]
+
+    def _why(self, decided: budget.Plan, wanted: dict[str, int]) -> str:
+        """What binds, in words: each held revision and the limit that holds it."""
+        held = ", ".join(
+            f"{key.split('/', 1)[1]} at {decided.allowed[key]} of {wanted[key]} ({reason})"
+            for key, reason in sorted(decided.held.items())
+        )
+        return f"{held}; {self.limits()}"
+
+    def limits(self) -> str:
+        caps, memory = self.ctx.caps, self.memory
+        parts = []
+        if memory is not None:
+            parts.append(
+                f"memory: {memory.available / budget.MiB:.0f} MiB available, "
+                f"{memory.reserve / budget.MiB:.0f} MiB reserve ({caps.reserve})"
+            )
+        if caps.total is not None:
+            parts.append(f"max-replicas {caps.total}")
+        if caps.per_revision is not None:
+            parts.append(f"max-replicas-per-revision {caps.per_revision}")
+        return ", ".join(parts) or "no limits"
 
     def runtimes(self) -> list[RevisionRuntime]:
         return [rt for s in self.services.values() for rt in s.revisions.values()]
 
     async def run(self, tick: float, stop: asyncio.Event) -> None:
-        """Every second feed the autoscalers; every tick let them decide."""
+        """Every second feed the autoscalers; every tick let them decide; every few seconds
+        measure what a replica of each revision costs."""
         next_decision = self.ctx.clock() + tick
+        next_measure = self.ctx.clock()
         while not stop.is_set():
             await self._second(stop)
             now = self.ctx.clock()
+            if now >= next_measure:
+                next_measure = now + MEASURE_INTERVAL
+                await self._measure()
             for rt in self.runtimes():
                 rt.record(now)
                 rt.forget_stopped()
@@ -500,6 +582,16 @@ class Serving:
         finally:
             for wait in waits:
                 wait.cancel()
+
+    async def _measure(self) -> None:
+        """PSS of the ready replicas, read off the loop (a /proc walk per replica)."""
+        pids = {
+            rt.key: [s.replica.pid for s in rt.slots
+                     if s.endpoint is not None and not s.stopping and s.replica.pid]
+            for rt in self.runtimes()
+        }  # fmt: skip
+        await self.ctx.offload(lambda: self.costs.measure(pids))
+        self.costs.forget(pids)
 
     def _export(self) -> None:
         for rt in self.runtimes():
@@ -534,10 +626,23 @@ class Serving:
                 }
             )
         running = sum(rt.active for rt in self.runtimes())
-        caps = self.ctx.caps
+        caps, memory = self.ctx.caps, self.memory
+        capped = [rt for rt in self.runtimes() if rt.capped_at is not None]
         return {
             "services": services,
-            "replicas": {"running": running, "cap_total": caps.total,
-                         "cap_per_revision": caps.per_revision,
-                         "capped": [rt.name for rt in self.runtimes() if rt.capped_at is not None]},
-        }  # fmt: skip
+            "replicas": {
+                "running": running,
+                "cap_total": caps.total,
+                "cap_per_revision": caps.per_revision,
+                "capped": [rt.name for rt in capped],
+                # Why each capped revision is held (knfn/budget.py), and the limits.
+                "capped_by": {rt.name: rt.capped_by for rt in capped},
+                "limits": self.limits(),
+                "memory_available_mib": None if memory is None else memory.available // budget.MiB,
+                "memory_reserve_mib": None if memory is None else memory.reserve // budget.MiB,
+                "replica_pss_mib": {
+                    key.split("/", 1)[1]: round(size / budget.MiB, 1)
+                    for key, size in self.costs.measured().items()
+                },
+            },
+        }

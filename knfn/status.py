@@ -40,8 +40,7 @@ def table(data: dict[str, Any]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     replicas = data.get("replicas", {})
     if replicas.get("capped"):
-        lines.append(
-            f"replica cap reached ({replicas['cap_total']} in total, "
-            f"{replicas['cap_per_revision']} per revision): {', '.join(replicas['capped'])}"
-        )
+        why = replicas.get("capped_by", {})
+        held = ", ".join(f"{name} ({why.get(name, 'cap')})" for name in replicas["capped"])
+        lines.append(f"replica budget binds: {held}; {replicas.get('limits', '')}".rstrip("; "))
     return "\n".join(lines)

@@ -1,8 +1,10 @@
 """``knfn dev --watch``: a change to a function's code or to the manifests is applied live.
 
-The tree is polled (twice a second, no extra dependency). A change reloads the manifests; Serving
-then makes a new revision where the code or template changed, moves traffic to it once it is
-ready, and drains the old one. A manifest that does not load is reported and not applied.
+The tree is polled (five times a second: a stat of each source file, no extra dependency).
+A change reloads the manifests; Serving then makes a new revision where the code or template
+changed (with its own template process, knfn/template.py), moves traffic to it once its first
+replica is ready, and drains the old one. A manifest that does not load is reported and not
+applied. The replica budget never holds a new revision back (knfn/budget.py: activation).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from knfn.revisions import source_files
 from knfn.serving import Serving
 from knfn.settings import Settings
 
-INTERVAL = 0.5
+INTERVAL = 0.2
 
 Fingerprint = frozenset[tuple[str, int, int]]
 

@@ -175,8 +175,9 @@ def test_unreadable_output_gets_the_replica_replaced(function_dir: Path, tmp_pat
         def __init__(self) -> None:
             self.ctx, self.manifests = ctx, manifests
 
-        def headroom(self) -> int:
-            return 4
+        def admit(self, rt: Any) -> int:
+            """The replica budget's answer: what it wants, up to 4."""
+            return min(rt.desired if rt.routable else 0, 4)
 
         def revision_ready(self, rt: Any) -> None:
             ready.append(rt.name)

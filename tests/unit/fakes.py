@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,6 +293,10 @@ class World:
         await settle()
 
 
+async def _inline(fn: Callable[[], None]) -> None:
+    fn()
+
+
 def world(tmp_path: Path, *, ready_at_once: bool = False) -> World:
     """Serving with a scripted clock, fake replicas and revisions in memory."""
     clock = ScriptedClock()
@@ -319,6 +323,8 @@ def world(tmp_path: Path, *, ready_at_once: bool = False) -> World:
         clock=clock,
         sleep=clock.sleep,
         pick_port=lambda: next(ports),
+        memory=lambda _reserve: None,  # no memory bound: this machine's /proc stays out of it
+        offload=_inline,
     )
     serving = Serving(ctx, mf.Manifests((), {}, {}, ()))
     return World(serving, clock, replicas, store, out)
