@@ -1,26 +1,45 @@
-"""Helpers shared by the test layers: free ports, waiting for HTTP, running real processes."""
+"""Helpers shared by the test layers: free ports, waiting for HTTP, running real processes,
+`knfn dev` on the default project, and the TCP sockets the kernel lists as listening."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from knfn.ports import free_port
 
-__all__ = ["REPO", "free_port", "http_server_thread", "running", "stop_process", "wait_http"]
+__all__ = [
+    "KNFN",
+    "READY_LINE",
+    "REPO",
+    "DevRun",
+    "dev_env",
+    "free_port",
+    "http_server_thread",
+    "knfn_dev",
+    "listening_sockets",
+    "running",
+    "stop_process",
+    "wait_http",
+]
 
 REPO = Path(__file__).resolve().parent.parent
+KNFN = str(Path(sys.executable).parent / "knfn")
+READY_LINE = "ready; Ctrl-C stops everything"
 
 
 def wait_http(url: str, timeout: float = 10.0) -> None:
@@ -102,3 +121,92 @@ def http_server_thread(
         thread.join(5)
         loop.run_until_complete(runner.cleanup())
         loop.close()
+
+
+def dev_env(state_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `knfn dev` on free loopback ports with its state in state_dir, and
+    without the caller's DATABASE_URL or S3_ENDPOINT_URL (knfn starts its own servers)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "S3_ENDPOINT_URL")}
+    env.update(
+        KNFN_PORT=str(free_port()),
+        KNFN_ADMIN_PORT=str(free_port()),
+        KNFN_PG_PORT=str(free_port()),
+        KNFN_S3_PORT=str(free_port()),
+        KNFN_STATE_DIR=str(state_dir),
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass(frozen=True)
+class DevRun:
+    """A running `knfn dev`: its process, environment and combined output."""
+
+    proc: subprocess.Popen[str]
+    env: Mapping[str, str]
+    log: Path
+
+    @property
+    def port(self) -> int:
+        return int(self.env["KNFN_PORT"])
+
+    @property
+    def admin_port(self) -> int:
+        return int(self.env["KNFN_ADMIN_PORT"])
+
+    @property
+    def state(self) -> Path:
+        return Path(self.env["KNFN_STATE_DIR"])
+
+
+@contextmanager
+def knfn_dev(workdir: Path, timeout: float = 120.0) -> Iterator[DevRun]:
+    """`knfn dev` on the default project (this repository), free ports, state and log under
+    workdir, yielded once it logs that it is ready. At exit a knfn still running is killed with
+    its group, and its backing servers (in their own sessions) are stopped."""
+    env = dev_env(workdir / ".knfn")
+    log = workdir / "dev.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [KNFN, "--project-dir", str(REPO), "dev"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while READY_LINE not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        yield DevRun(proc, env, log)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        subprocess.run(
+            [KNFN, "--project-dir", str(REPO), "services", "down"],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+
+
+def listening_sockets() -> dict[int, tuple[str, int]]:
+    """Socket inode -> (address, port) of every TCP socket in LISTEN state (0A) in this network
+    namespace, from /proc/net/tcp and tcp6 (addresses as the kernel prints them: each 32-bit
+    word in host byte order, little-endian here)."""
+    found: dict[int, tuple[str, int]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            hex_address, hex_port = fields[1].rsplit(":", 1)
+            if fields[3] != "0A":
+                continue
+            raw = bytes.fromhex(hex_address)
+            packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found[int(fields[9])] = (str(ipaddress.ip_address(packed)), int(hex_port, 16))
+    return found

@@ -172,6 +172,7 @@ def test_same_state_dir_is_refused_naming_the_holder(pair: tuple[Dev, Dev], tmp_
     assert f"pid {first.proc.pid}" in done.stderr and "knfn dev" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert time.monotonic() - began < 10
+    print(f"same state dir: exit 1 in {time.monotonic() - began:.2f}s: {done.stderr.strip()}")
     for args in (["reset", "--yes"], ["services", "down"]):
         refused = subprocess.run(
             [KNFN, "--project-dir", str(REPO), *args],

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.parse
 import uuid
@@ -25,9 +22,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tests.support import REPO, free_port
+from tests.support import knfn_dev
 
-KNFN = str(Path(sys.executable).parent / "knfn")
 BROKER_HOST = "broker-ingress.knative-eventing.svc.cluster.local"
 BROKER_PATH = "/default/default"
 FUNCTIONS = (
@@ -96,34 +92,8 @@ class Dev:
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
     """`knfn dev` on the default project, free ports, state in a temporary directory."""
-    state = tmp_path_factory.mktemp("dev")
-    port, admin_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "S3_ENDPOINT_URL")}
-    env.update(
-        KNFN_PORT=str(port),
-        KNFN_ADMIN_PORT=str(admin_port),
-        KNFN_PG_PORT=str(free_port()),
-        KNFN_S3_PORT=str(free_port()),
-        KNFN_STATE_DIR=str(state / ".knfn"),
-    )
-    log = state / "dev.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [KNFN, "--project-dir", str(REPO), "dev"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 120
-    while "ready; Ctrl-C stops everything" not in log.read_text():
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.2)
-    yield Dev(proc, port, admin_port)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+    with knfn_dev(tmp_path_factory.mktemp("dev")) as run:
+        yield Dev(run.proc, run.port, run.admin_port)
 
 
 def binary(source: str, event_id: str, type_: str = "test.bad-input") -> dict[str, str]:

@@ -13,7 +13,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -27,9 +26,8 @@ import psycopg
 import pytest
 
 from knfn.backing import services
-from tests.support import REPO, free_port
+from tests.support import KNFN, REPO, dev_env
 
-KNFN = str(Path(sys.executable).parent / "knfn")
 BROKER = "broker-ingress.knative-eventing.svc.cluster.local"
 EVENTS = 2000
 TYPE = "demo.shutdown"
@@ -74,16 +72,9 @@ class Project:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Iterator[Project]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "S3_ENDPOINT_URL")}
     state = tmp_path / ".knfn"
-    port = free_port()
-    env.update(
-        KNFN_PORT=str(port),
-        KNFN_ADMIN_PORT=str(free_port()),
-        KNFN_PG_PORT=str(free_port()),
-        KNFN_S3_PORT=str(free_port()),
-        KNFN_STATE_DIR=str(state),
-    )
+    env = dev_env(state)
+    port = int(env["KNFN_PORT"])
     running = Project(state, env, port, tmp_path / "dev.log")
     yield running
     subprocess.run([KNFN, "--project-dir", str(REPO), "services", "down"], env=env, check=False)
