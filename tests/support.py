@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import ipaddress
 import os
 import signal
@@ -18,11 +19,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from knfn.ports import free_port
 
 __all__ = [
+    "BROKER_INGRESS_HOST",
     "KNFN",
     "READY_LINE",
     "REPO",
@@ -32,7 +35,10 @@ __all__ = [
     "http_server_thread",
     "knfn_dev",
     "listening_sockets",
+    "post_events",
+    "request",
     "running",
+    "services_down",
     "stop_process",
     "wait_http",
 ]
@@ -40,6 +46,7 @@ __all__ = [
 REPO = Path(__file__).resolve().parent.parent
 KNFN = str(Path(sys.executable).parent / "knfn")
 READY_LINE = "ready; Ctrl-C stops everything"
+BROKER_INGRESS_HOST = "broker-ingress.knative-eventing.svc.cluster.local"
 
 
 def wait_http(url: str, timeout: float = 10.0) -> None:
@@ -123,6 +130,79 @@ def http_server_thread(
         loop.close()
 
 
+def request(
+    port: int,
+    method: str,
+    path: str,
+    headers: Mapping[str, str] = {},
+    body: bytes = b"",
+    *,
+    host: str | None = None,
+    chunked: bool = False,
+    chunk_size: int = 1 << 20,
+    timeout: float = 60.0,
+) -> tuple[int, str, bytes]:
+    """(status, content type, body) of one request to 127.0.0.1:port, headers sent as given
+    (latin-1; Host is `host` when given, else http.client's). A chunked body goes out in pieces
+    of chunk_size bytes, else with its Content-Length."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.putrequest(method, path, skip_host=host is not None, skip_accept_encoding=True)
+        if host is not None:
+            conn.putheader("Host", host)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        if chunked:
+            conn.putheader("Transfer-Encoding", "chunked")
+            conn.endheaders()
+            for start in range(0, len(body), chunk_size):
+                piece = body[start : start + chunk_size]
+                conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            conn.send(b"0\r\n\r\n")
+        else:
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Content-Type") or "", resp.read()
+    finally:
+        conn.close()
+
+
+async def post_events(
+    port: int, events: Sequence[Mapping[str, str]], clients: int = 1
+) -> list[int]:
+    """Binary-mode POSTs of these events (their attributes) to the default broker through the
+    gateway on port, `clients` at a time; the statuses in order (-1: no answer)."""
+    statuses = [0] * len(events)
+    todo = iter(enumerate(events))
+    url = f"http://127.0.0.1:{port}/default/default"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def worker() -> None:
+            for i, attrs in todo:
+                headers = {f"ce-{k}": v for k, v in attrs.items()}
+                headers.update({"Host": BROKER_INGRESS_HOST, "Content-Type": "application/json"})
+                try:
+                    async with session.post(url, data=b'{"n": 1}', headers=headers) as resp:
+                        statuses[i] = resp.status
+                except aiohttp.ClientError:
+                    statuses[i] = -1
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    return statuses
+
+
+def services_down(env: Mapping[str, str]) -> None:
+    """`knfn services down` for the state dir in env: the backing servers a killed knfn left."""
+    subprocess.run(
+        [KNFN, "--project-dir", str(REPO), "services", "down"],
+        env=dict(env),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def dev_env(state_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of a `knfn dev` on free loopback ports with its state in state_dir, and
     without the caller's DATABASE_URL or S3_ENDPOINT_URL (knfn starts its own servers)."""
@@ -186,13 +266,7 @@ def knfn_dev(workdir: Path, timeout: float = 120.0) -> Iterator[DevRun]:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        subprocess.run(
-            [KNFN, "--project-dir", str(REPO), "services", "down"],
-            env=env,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+        services_down(env)
 
 
 def listening_sockets() -> dict[int, tuple[str, int]]:

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tests.support import knfn_dev
+from tests.support import knfn_dev, request
 
 BROKER_HOST = "broker-ingress.knative-eventing.svc.cluster.local"
 BROKER_PATH = "/default/default"
@@ -48,26 +48,9 @@ class Dev:
         chunked: bool = False,
     ) -> tuple[int, str, bytes]:
         """(status, content type, body); headers are sent as given."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-            conn.putheader("Host", host)
-            for name, value in headers.items():
-                conn.putheader(name, value)
-            if chunked:
-                conn.putheader("Transfer-Encoding", "chunked")
-                conn.endheaders()
-                for start in range(0, len(body), 1 << 20):
-                    piece = body[start : start + (1 << 20)]
-                    conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
-                conn.send(b"0\r\n\r\n")
-            else:
-                conn.putheader("Content-Length", str(len(body)))
-                conn.endheaders(body)
-            resp = conn.getresponse()
-            return resp.status, resp.getheader("Content-Type") or "", resp.read()
-        finally:
-            conn.close()
+        return request(
+            self.port, method, path, headers, body, host=host, chunked=chunked, timeout=60
+        )
 
     def post_event(
         self, headers: Mapping[str, str], body: bytes, **kw: Any

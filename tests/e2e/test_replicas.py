@@ -22,7 +22,7 @@ import pytest
 
 from knfn.logs import PARTIAL_MARKER
 from knfn.replica_records import ReplicaRecord, process_table, read_boot_id, start_time
-from tests.support import KNFN, READY_LINE, REPO, dev_env, listening_sockets
+from tests.support import KNFN, READY_LINE, REPO, dev_env, listening_sockets, services_down
 
 pytestmark = pytest.mark.slow
 
@@ -95,14 +95,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
     if d.proc is not None and d.proc.poll() is None:
         d.proc.send_signal(signal.SIGTERM)
         d.proc.wait(60)
-    # A run that was killed left its backing servers running: stop them.
-    subprocess.run(
-        [KNFN, "--project-dir", str(REPO), "services", "down"],
-        env=env,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    services_down(env)  # a run that was killed left its backing servers running
 
 
 def listeners(port: int) -> set[str]:
