@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import ipaddress
+import json
 import os
 import signal
 import subprocess
@@ -30,6 +31,8 @@ __all__ = [
     "READY_LINE",
     "REPO",
     "DevRun",
+    "assert_json_error",
+    "binary",
     "dev_env",
     "free_port",
     "http_server_thread",
@@ -190,6 +193,25 @@ async def post_events(
 
         await asyncio.gather(*(worker() for _ in range(clients)))
     return statuses
+
+
+def binary(source: str, event_id: str, type_: str = "test.event") -> dict[str, str]:
+    """The headers of a binary-mode CloudEvent with JSON data."""
+    return {
+        "ce-specversion": "1.0",
+        "ce-id": event_id,
+        "ce-source": source,
+        "ce-type": type_,
+        "Content-Type": "application/json",
+    }
+
+
+def assert_json_error(status: int, content_type: str, body: bytes) -> str:
+    """The message of a knfn error answer, asserting it is JSON with a non-empty "error"."""
+    assert content_type.startswith("application/json"), (status, content_type, body[:300])
+    message = json.loads(body)["error"]
+    assert isinstance(message, str) and message, body[:300]
+    return message
 
 
 def services_down(env: Mapping[str, str]) -> None:

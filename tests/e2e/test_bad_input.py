@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tests.support import knfn_dev, request
+from tests.support import assert_json_error, binary, knfn_dev, request
 
 BROKER_HOST = "broker-ingress.knative-eventing.svc.cluster.local"
 BROKER_PATH = "/default/default"
@@ -79,16 +79,6 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
         yield Dev(run.proc, run.port, run.admin_port)
 
 
-def binary(source: str, event_id: str, type_: str = "test.bad-input") -> dict[str, str]:
-    return {
-        "ce-specversion": "1.0",
-        "ce-id": event_id,
-        "ce-source": source,
-        "ce-type": type_,
-        "Content-Type": "application/json",
-    }
-
-
 def wait_delivered(dev: Dev, ids: set[str], timeout: float = 60.0) -> set[str]:
     """The ids among these that event-display got, waiting up to timeout for all of them."""
     deadline = time.monotonic() + timeout
@@ -101,13 +91,6 @@ def wait_delivered(dev: Dev, ids: set[str], timeout: float = 60.0) -> set[str]:
         if done == ids or time.monotonic() > deadline:
             return done
         time.sleep(0.5)
-
-
-def assert_json_error(status: int, content_type: str, body: bytes) -> str:
-    assert content_type.startswith("application/json"), (status, content_type, body[:300])
-    message = json.loads(body)["error"]
-    assert isinstance(message, str) and message, body[:300]
-    return message
 
 
 def test_one_nul_event_among_63_is_refused_alone_and_the_rest_delivered(dev: Dev) -> None:

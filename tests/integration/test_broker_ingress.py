@@ -28,7 +28,7 @@ from knfn.eventing.config import Broker, EventingConfig, Trigger
 from knfn.eventing.delivery import DeliverySpec
 from knfn.eventing.store import Accept, EventRejected, EventStore, NewDelivery
 from knfn.ports import free_port
-from tests.support import request
+from tests.support import assert_json_error, binary, request
 
 LIMIT = 64 * 1024  # a small body limit keeps the oversized examples cheap
 PATH = "/default/default"
@@ -95,16 +95,6 @@ def knfn_db(backing: services.BackingEnv) -> str:
     return backing.knfn_database_url
 
 
-def binary(source: str, event_id: str) -> dict[str, str]:
-    return {
-        "ce-specversion": "1.0",
-        "ce-id": event_id,
-        "ce-source": source,
-        "ce-type": "test.ingress",
-        "Content-Type": "application/json",
-    }
-
-
 def stored_ids(database_url: str, source: str) -> list[str]:
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
@@ -112,13 +102,6 @@ def stored_ids(database_url: str, source: str) -> list[str]:
             (source,),
         ).fetchall()
     return sorted(r[0] for r in rows)
-
-
-def assert_json_error(status: int, content_type: str, body: bytes) -> str:
-    assert content_type.startswith("application/json"), (status, content_type, body[:200])
-    message = json.loads(body)["error"]
-    assert isinstance(message, str) and message
-    return message
 
 
 def test_one_nul_event_among_63_fails_only_itself(served: Served, knfn_db: str) -> None:
