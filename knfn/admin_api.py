@@ -1,14 +1,22 @@
-"""The admin API on its own loopback port: /status (JSON), /metrics (Prometheus), / (dashboard).
+"""The admin API on its own loopback port: /status (JSON), /metrics (Prometheus), /events (the
+broker's deliveries, one event inspected, replay: knfn/events_api.py), / (the dashboard:
+knfn/dashboard/).
 
 Listening on 127.0.0.1 is not enough: a web page can point a name of its own at 127.0.0.1 (DNS
 rebinding) and then read /events as same-origin. So requests are served only when their Host is
 a loopback name (``127.0.0.1``, ``localhost``, ``[::1]``, each with or without a port), as
 Jupyter and Vite check theirs; anything else is refused with 421 naming the host.
+
+A request that changes state (any method but GET, HEAD, OPTIONS: replay) must also come from
+the admin API's own page or from no page at all: its ``Origin``, when sent, must be this
+server's own origin (``http://`` + the loopback Host); ``Sec-Fetch-Site``, when sent, must be
+``same-origin`` or ``none``; and its body must be declared ``application/json``, which no HTML
+form can send and which a cross-origin ``fetch`` may send only after a CORS preflight that this
+API never grants. Anything else is refused with 403 JSON saying which check failed.
 """
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,10 +24,12 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from knfn import dashboard, events_api
 from knfn.metrics import REGISTRY
 
 Status = Callable[[], Awaitable[dict[str, Any]]]
-Events = Callable[[int], Awaitable[list[dict[str, Any]]]]
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SAME_SITE = frozenset({"same-origin", "none"})
 
 # Host header names served (RFC 9110 7.2: a host, optionally a port; names compare caselessly).
 LOOPBACK_HOST = re.compile(r"(?:127\.0\.0\.1|localhost|\[::1\])(?::[0-9]{1,5})?", re.IGNORECASE)
@@ -47,53 +57,59 @@ async def loopback_hosts_only(
     return await handler(request)
 
 
-def build(status: Status, events: Events) -> web.Application:
-    """The admin application over the runtime's status() and events(limit)."""
+def cross_origin_refusal(
+    method: str,
+    host: str,
+    origin: str | None,
+    fetch_site: str | None,
+    content_type: str,
+) -> str | None:
+    """Why a request must be refused as possibly cross-origin, or None when it may go on.
+
+    Only state-changing methods are checked; host is the (already loopback-checked) Host."""
+    if method.upper() in SAFE_METHODS:
+        return None
+    if origin is not None and origin.lower() != f"http://{host}".lower():
+        return f"origin {origin!r} may not change state here; only http://{host} may"
+    if fetch_site is not None and fetch_site.lower() not in SAME_SITE:
+        return f"a {fetch_site} request may not change state here (Sec-Fetch-Site)"
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        return f"the body must be sent as application/json, not {content_type or 'nothing'!r}"
+    return None
+
+
+@web.middleware
+async def same_origin_writes(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """403 JSON for a state-changing request that may come from another origin's page."""
+    why = cross_origin_refusal(
+        request.method,
+        request.headers.get("Host", ""),
+        request.headers.get("Origin"),
+        request.headers.get("Sec-Fetch-Site"),
+        request.headers.get("Content-Type", ""),
+    )
+    if why is not None:
+        return web.json_response({"error": why}, status=403)
+    return await handler(request)
+
+
+def build(status: Status, events: events_api.EventLog) -> web.Application:
+    """The admin application over the runtime's status() and its broker's event log."""
 
     async def get_status(_: web.Request) -> web.Response:
         return web.json_response(await status())
-
-    async def get_events(request: web.Request) -> web.Response:
-        raw = request.query.get("limit", "100")
-        if not raw.isdigit() or not 0 < int(raw) <= 10_000:
-            return web.json_response({"error": "limit must be an integer 1..10000"}, status=400)
-        return web.json_response({"events": await events(int(raw))})
 
     async def get_metrics(_: web.Request) -> web.Response:
         return web.Response(
             body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    async def dashboard(_: web.Request) -> web.Response:
-        return web.Response(text=render(await status()), content_type="text/html")
-
-    app = web.Application(middlewares=[loopback_hosts_only])
+    # Hosts first (421), then the origin of writes (403).
+    app = web.Application(middlewares=[loopback_hosts_only, same_origin_writes])
     app.router.add_get("/status", get_status)
     app.router.add_get("/metrics", get_metrics)
-    app.router.add_get("/events", get_events)
-    app.router.add_get("/", dashboard)
+    events_api.add_routes(app, events)
+    dashboard.add_routes(app)
     return app
-
-
-def render(status: dict[str, Any]) -> str:
-    """A small self-refreshing HTML table of services and revisions."""
-    rows = []
-    for svc in status.get("services", []):
-        for rev in svc["revisions"]:
-            cells = (
-                svc["name"], rev["name"], f"{rev['traffic_percent']}%", rev.get("tag") or "",
-                rev["desired_replicas"], rev["ready_replicas"], rev["in_flight"],
-            )  # fmt: skip
-            rows.append(
-                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
-            )
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in ("service", "revision", "traffic", "tag", "desired", "ready", "in flight")
-    )
-    return (
-        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2>"
-        "<title>knfn</title><style>body{font-family:sans-serif}td,th{padding:2px 10px;"
-        "text-align:left}</style></head><body><h1>knfn</h1>"
-        f"<table><tr>{head}</tr>{''.join(rows)}</table></body></html>"
-    )

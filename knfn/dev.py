@@ -173,7 +173,7 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
 
         # 5. The gateway (with the broker ingress at its Knative address) and the admin API.
         gateway = Gateway(serving.route, serving.known_hosts, eventing.local)
-        admin_app = admin_api.build(_status(serving, eventing), eventing.events)
+        admin_app = admin_api.build(_status(serving, eventing), eventing)
         for app, port in ((gateway.app, options.port), (admin_app, options.admin_port)):
             # Header read timeout, JSON parse errors (knfn/server.py); the sockets bound by the
             # CLI before anything started, when it bound them.

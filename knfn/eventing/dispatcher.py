@@ -24,7 +24,7 @@ import contextlib
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -304,12 +304,20 @@ class Dispatcher:
         self._dirty.set()
 
     async def _attempt_safely(self, claimed: Claimed) -> Outcome:
+        """One attempt, stamped with its number, start and duration for knfn_attempts."""
+        started, began = self._clock(), time.monotonic()
         try:
-            return await self.attempt(claimed)
+            outcome = await self.attempt(claimed)
         except Exception as exc:  # a defect must not lose the delivery: retry it later
             retry_at = datetime.fromtimestamp(self._clock() + 10.0, UTC)
             error = f"{exc.__class__.__name__}: {exc}"
-            return Outcome(claimed.id, "pending", None, error, retry_at=retry_at)
+            outcome = Outcome(claimed.id, "pending", None, error, retry_at=retry_at)
+        return replace(
+            outcome,
+            attempt=claimed.attempts,
+            started_at=datetime.fromtimestamp(started, UTC),
+            took_ms=(time.monotonic() - began) * 1000,
+        )
 
     # -- one attempt ---------------------------------------------------------------------------
     async def attempt(self, claimed: Claimed) -> Outcome:

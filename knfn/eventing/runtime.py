@@ -17,12 +17,12 @@ import aiohttp
 import psycopg
 from aiohttp import web
 
-from knfn.eventing import broker, ping
+from knfn.eventing import broker, ping, replay
 from knfn.eventing.config import EventingConfig
 from knfn.eventing.dispatcher import DEFAULT_LIMITS, Dispatcher, Limits
 from knfn.eventing.flows import FlowIngress
 from knfn.eventing.sending import Gatewayed
-from knfn.eventing.store import EventStore
+from knfn.eventing.store import EventStore, StoreUnavailable
 from knfn.gateway import Handler
 from knfn.routing import BROKER_INGRESS_TARGET, Target
 
@@ -126,6 +126,21 @@ class Eventing:
     async def events(self, limit: int) -> list[dict[str, Any]]:
         async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
             return await self.store.recent(conn, limit)
+
+    async def event(self, number: int) -> dict[str, Any]:
+        """One stored event with its deliveries and their attempts (the event inspector)."""
+        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+            return await self.store.detail(conn, number)
+
+    async def replay(self, number: int, trigger: str | None) -> dict[str, Any]:
+        """Deliver a stored event again to its broker's Triggers (knfn/eventing/replay.py)."""
+        if self.draining:
+            raise StoreUnavailable("knfn is shutting down: nothing is replayed")
+        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+            event = await self.store.stored(conn, number)
+            deliveries = replay.targets(self.config, event, trigger)
+            replay_number = await self.store.replay(conn, number, deliveries)
+        return replay.summary(number, replay_number, deliveries)
 
 
 async def _refuse(request: web.Request) -> web.Response:

@@ -11,9 +11,10 @@ a crashed knfn leaves them claimable again: delivery is at least once. Commits t
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -54,6 +55,20 @@ CREATE TABLE IF NOT EXISTS knfn_deliveries (
 CREATE INDEX IF NOT EXISTS knfn_deliveries_due
     ON knfn_deliveries (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS knfn_deliveries_event ON knfn_deliveries (event_id);
+-- Which replay of the event made the delivery: 0 is the ingress's fan-out (see replay.py).
+ALTER TABLE knfn_deliveries ADD COLUMN IF NOT EXISTS replay integer NOT NULL DEFAULT 0;
+-- Every attempt of a delivery, written with its outcome (the event inspector reads them).
+CREATE TABLE IF NOT EXISTS knfn_attempts (
+    id          bigserial PRIMARY KEY,
+    delivery_id bigint NOT NULL REFERENCES knfn_deliveries (id),
+    attempt     integer NOT NULL,
+    outcome     text NOT NULL,
+    status      integer,
+    error       text,
+    started_at  timestamptz NOT NULL,
+    latency_ms  double precision
+);
+CREATE INDEX IF NOT EXISTS knfn_attempts_delivery ON knfn_attempts (delivery_id);
 """
 
 
@@ -65,12 +80,21 @@ class EventRejected(KnfnError):
     """The database refused this one event for what it holds (not for being down): 400."""
 
 
+class EventNotFound(KnfnError):
+    """No stored event has this number: 404."""
+
+
+class ReplayRefused(KnfnError):
+    """The event cannot be replayed as asked (no Trigger of its broker takes it): 409."""
+
+
 @dataclass(frozen=True)
 class NewDelivery:
     trigger: str
     destination: str
     kind: str = "subscriber"
     extensions: dict[str, str] = field(default_factory=dict)
+    replay: int = 0  # which replay of the event made it (0: the ingress's fan-out)
 
 
 @dataclass(frozen=True)
@@ -111,6 +135,21 @@ class Outcome:
     retry_at: datetime | None = None
     followups: Sequence[NewDelivery] = ()  # e.g. the dead-letter delivery
     replies: Sequence[Accept] = ()  # a reply event re-entering a broker
+    # The attempt, for knfn_attempts: its number, when it began and how long it took (ms).
+    attempt: int = 0
+    started_at: datetime | None = None
+    took_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An accepted event as stored: where it entered and what it is."""
+
+    number: int
+    namespace: str
+    broker: str
+    attributes: dict[str, str]
+    data: bytes | None
 
 
 def _first_line(exc: Exception) -> str:
@@ -156,9 +195,10 @@ async def _insert_deliveries(
     if not rows:
         return
     await cur.execute(
-        "INSERT INTO knfn_deliveries (event_id, namespace, trigger, kind, destination, extensions)"
+        "INSERT INTO knfn_deliveries"
+        " (event_id, namespace, trigger, kind, destination, extensions, replay)"
         " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],"
-        " %s::jsonb[])",
+        " %s::jsonb[], %s::int[])",
         (
             [r[0] for r in rows],
             [r[1] for r in rows],
@@ -166,6 +206,7 @@ async def _insert_deliveries(
             [r[2].kind for r in rows],
             [r[2].destination for r in rows],
             [Jsonb(r[2].extensions) for r in rows],
+            [r[2].replay for r in rows],
         ),
     )
 
@@ -341,16 +382,40 @@ class EventStore:
                     [now for _ in outcomes],
                 ),
             )
+            # Every attempt, in the same statement batch: one insert however many ended together.
+            await cur.execute(
+                "INSERT INTO knfn_attempts"
+                " (delivery_id, attempt, outcome, status, error, started_at, latency_ms)"
+                " SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::int[],"
+                " %s::text[], %s::timestamptz[], %s::float8[])",
+                (
+                    [o.delivery_id for o in outcomes],
+                    [o.attempt for o in outcomes],
+                    [o.state for o in outcomes],
+                    [o.status for o in outcomes],
+                    [o.error for o in outcomes],
+                    [o.started_at or now for o in outcomes],
+                    [o.took_ms for o in outcomes],
+                ),
+            )
             followups = [
                 (o.delivery_id, f) for o in outcomes for f in o.followups
             ]  # fmt: skip
             if followups:
                 await cur.execute(
-                    "SELECT id, event_id, namespace FROM knfn_deliveries WHERE id = ANY(%s)",
+                    "SELECT id, event_id, namespace, replay FROM knfn_deliveries"
+                    " WHERE id = ANY(%s)",
                     ([d for d, _ in followups],),
                 )
-                origin = {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
-                await _insert_deliveries(cur, [(*origin[d], f) for d, f in followups])
+                origin = {row[0]: row[1:] for row in await cur.fetchall()}
+                # A dead letter belongs to the same replay as the delivery it ends.
+                await _insert_deliveries(
+                    cur,
+                    [
+                        (origin[d][0], origin[d][1], replace(f, replay=origin[d][2]))
+                        for d, f in followups
+                    ],
+                )
             replies = [r for o in outcomes for r in o.replies]
             if replies:
                 await _insert(cur, replies)
@@ -402,22 +467,88 @@ class EventStore:
         cur = await conn.execute(
             "SELECT e.attributes->>'id', e.attributes->>'type', e.attributes->>'source',"
             " d.namespace, d.trigger, d.kind, d.destination, d.attempts, d.last_status,"
-            " d.last_error, d.latency_ms, d.state, e.accepted_at"
+            " d.last_error, d.latency_ms, d.state, e.accepted_at, e.id, e.broker, d.replay"
             " FROM knfn_deliveries d JOIN knfn_events e ON e.id = d.event_id"
             " ORDER BY d.id DESC LIMIT %s",
             (limit,),
         )
+        # event_id is the CloudEvent's id (unique only with its source); event is the stored
+        # event's number, the key of /events/<number>.
         keys = (
             "event_id", "type", "source", "namespace", "trigger", "kind", "destination",
             "attempts", "last_status", "last_error", "latency_ms", "state", "accepted_at",
+            "event", "broker", "replay",
         )  # fmt: skip
-        return [
-            {
-                k: (v.isoformat() if isinstance(v, datetime) else v)
-                for k, v in zip(keys, row, strict=True)
-            }
-            for row in await cur.fetchall()
-        ]
+        return [_row(keys, row) for row in await cur.fetchall()]
+
+    async def stored(self, conn: psycopg.AsyncConnection[Any], number: int) -> StoredEvent:
+        """The stored event with this number, or EventNotFound."""
+        row = await (
+            await conn.execute(
+                "SELECT id, namespace, broker, attributes, data FROM knfn_events WHERE id = %s",
+                (number,),
+            )
+        ).fetchone()
+        if row is None:
+            raise EventNotFound(f"no stored event has number {number}")
+        return StoredEvent(row[0], row[1], row[2], dict(row[3]), row[4])
+
+    async def detail(self, conn: psycopg.AsyncConnection[Any], number: int) -> dict[str, Any]:
+        """The event with every delivery made of it (per Trigger, dead letters and replays
+        included) and every attempt of each, oldest first; EventNotFound if there is none."""
+        event = await (
+            await conn.execute(
+                "SELECT id, namespace, broker, attributes, data, accepted_at"
+                " FROM knfn_events WHERE id = %s",
+                (number,),
+            )
+        ).fetchone()
+        if event is None:
+            raise EventNotFound(f"no stored event has number {number}")
+        deliveries = await (
+            await conn.execute(
+                "SELECT id, trigger, kind, destination, replay, state, attempts, last_status,"
+                " last_error, latency_ms, finished_at, next_attempt_at, extensions"
+                " FROM knfn_deliveries WHERE event_id = %s ORDER BY id",
+                (number,),
+            )
+        ).fetchall()
+        attempts = await (
+            await conn.execute(
+                "SELECT delivery_id, attempt, outcome, status, error, started_at, latency_ms"
+                " FROM knfn_attempts WHERE delivery_id = ANY(%s) ORDER BY id",
+                ([d[0] for d in deliveries],),
+            )
+        ).fetchall()
+        return assemble(event, deliveries, attempts)
+
+    async def replay(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        number: int,
+        deliveries: Sequence[NewDelivery],
+    ) -> int:
+        """Add these deliveries to the stored event as its next replay (numbered from 1) and
+        wake the dispatchers; returns the replay's number."""
+        async with conn.transaction(), conn.cursor() as cur:
+            # The event's row lock orders concurrent replays of one event.
+            await cur.execute(
+                "SELECT namespace FROM knfn_events WHERE id = %s FOR UPDATE", (number,)
+            )
+            found = await cur.fetchone()
+            if found is None:
+                raise EventNotFound(f"no stored event has number {number}")
+            await cur.execute(
+                "SELECT coalesce(max(replay), 0) + 1 FROM knfn_deliveries WHERE event_id = %s",
+                (number,),
+            )
+            row = await cur.fetchone()
+            replay_number = 1 if row is None else int(row[0])
+            await _insert_deliveries(
+                cur, [(number, str(found[0]), replace(d, replay=replay_number)) for d in deliveries]
+            )
+            await cur.execute(f"NOTIFY {CHANNEL}")
+        return replay_number
 
     async def counts(
         self, conn: psycopg.AsyncConnection[Any]
@@ -431,3 +562,70 @@ class EventStore:
         for ns, trigger, state, n in await cur.fetchall():
             out.setdefault((ns, trigger), {})[state] = int(n)
         return out
+
+
+DATA_SHOWN = 64 * 1024  # bytes of an event's data the inspector shows
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _row(keys: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    return {k: _iso(v) for k, v in zip(keys, row, strict=True)}
+
+
+def show_data(data: bytes | None) -> dict[str, Any]:
+    """An event's data for JSON: text when it is UTF-8, else base64; cut at DATA_SHOWN bytes."""
+    if data is None:
+        return {"data": None, "data_encoding": None, "data_bytes": 0, "data_truncated": False}
+    shown = data[:DATA_SHOWN]
+    try:
+        text, encoding = shown.decode(), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(shown).decode(), "base64"
+    return {
+        "data": text,
+        "data_encoding": encoding,
+        "data_bytes": len(data),
+        "data_truncated": len(data) > DATA_SHOWN,
+    }
+
+
+DELIVERY_KEYS = (
+    "delivery", "trigger", "kind", "destination", "replay", "state", "attempts", "last_status",
+    "last_error", "latency_ms", "finished_at", "next_attempt_at", "extensions",
+)  # fmt: skip
+ATTEMPT_KEYS = ("attempt", "outcome", "status", "error", "started_at", "latency_ms")
+
+
+def assemble(
+    event: Sequence[Any], deliveries: Sequence[Sequence[Any]], attempts: Sequence[Sequence[Any]]
+) -> dict[str, Any]:
+    """The inspector's view of one event from its rows: (id, namespace, broker, attributes,
+    data, accepted_at), deliveries as DELIVERY_KEYS, attempts as (delivery_id, *ATTEMPT_KEYS).
+    A delivery's ``attempt_log`` lists its attempts; ``attempts`` stays the count, as in
+    /events. A delivery still pending has claimed attempts the log may not show yet."""
+    number, namespace, broker, attributes, data, accepted_at = event
+    log: dict[int, list[dict[str, Any]]] = {}
+    for row in attempts:
+        log.setdefault(row[0], []).append(_row(ATTEMPT_KEYS, row[1:]))
+    out = []
+    for row in deliveries:
+        item = _row(DELIVERY_KEYS, row)
+        item["attempt_log"] = log.get(row[0], [])
+        out.append(item)
+    attrs = dict(attributes)
+    return {
+        "event": number,
+        "event_id": attrs.get("id"),
+        "type": attrs.get("type"),
+        "source": attrs.get("source"),
+        "namespace": namespace,
+        "broker": broker,
+        "accepted_at": _iso(accepted_at),
+        "attributes": attrs,
+        **show_data(data),
+        "deliveries": out,
+        "dead_lettered": any(d["kind"] == "dead-letter" for d in out),
+    }

@@ -64,8 +64,15 @@ async def faces(header_timeout: float, body_timeout: float) -> AsyncIterator[tup
     async def status() -> dict[str, Any]:
         return {"services": []}
 
-    async def events(_: int) -> list[dict[str, Any]]:
-        return []
+    class Events:
+        async def events(self, _: int) -> list[dict[str, Any]]:
+            return []
+
+        async def event(self, _: int) -> dict[str, Any]:
+            return {}
+
+        async def replay(self, _: int, __: str | None) -> dict[str, Any]:
+            return {}
 
     gateway = Gateway(
         route, lambda: ["echo.default"], body_timeout=body_timeout, body_idle_timeout=body_timeout
@@ -73,7 +80,7 @@ async def faces(header_timeout: float, body_timeout: float) -> AsyncIterator[tup
     runners = [
         await server.serve(backend, backend_port),
         await server.serve(gateway.app, gateway_port, header_timeout=header_timeout),
-        await server.serve(admin_api.build(status, events), admin_port),
+        await server.serve(admin_api.build(status, Events()), admin_port),
     ]
     try:
         yield gateway_port, admin_port
