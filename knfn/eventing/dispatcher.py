@@ -11,6 +11,9 @@ destination, and its outcome is written as soon as it is known (writes of attemp
 together share a transaction). A destination at its bound is left out of the next claims, so a
 subscriber that hangs holds only its own slots and never delays another Trigger's deliveries.
 
+Every attempt is written with its outcome (``knfn_attempts``: number, start, duration, status,
+error), in the same transaction and statement batch, for the event inspector.
+
 Stopping: claims stop first; attempts in flight may finish until the caller cuts them short.
 An attempt cut short, and any failure seen once stopping began (the gateway or a flow may be
 going away under it), is *released*: back to pending, due now, its attempt not counted. So a

@@ -12,6 +12,7 @@ const EVENTS_SHOWN = 60;
 const history = new Map(); // "ns/service/revision" -> {t: [], desired: [], ...}
 let lastCounts = null; // {time, requests: Map(key -> count)}
 let selected = null; // the stored event number shown in the inspector
+let replayNote = { number: null, text: "" }; // what the last replay answered, for its event
 
 // -- small DOM helpers -------------------------------------------------------------------------
 function el(tag, attrs = {}, ...children) {
@@ -129,9 +130,11 @@ function renderServices(status, rates, coldStarts) {
   }
   body.replaceChildren(...rows);
   const r = status.replicas;
+  const caps = r && [r.cap_total != null ? `at most ${r.cap_total} in all` : "",
+    r.cap_per_revision != null ? `${r.cap_per_revision} per revision` : "", r.limits || ""]
+    .filter(Boolean).join(", ");
   document.getElementById("budget").textContent = r
-    ? `replicas running ${r.running}; budget ${r.cap_total ?? "–"} in all, ` +
-      `${r.cap_per_revision ?? "–"} per revision${r.limits ? "; " + r.limits : ""}`
+    ? `replicas running: ${r.running}${caps ? "; " + caps : ""}`
     : "";
 }
 
@@ -169,7 +172,7 @@ function renderBrokers(status) {
       rows.push(
         el("tr", { class: "trigger", "data-trigger": t.name },
           td(t.name), td(t.subscriber, "muted"), td(t.pending, "num"), td(t.delivered, "num"),
-          td(t.dead_lettered, "num", ), td(t.failed, "num")),
+          td(t.dead_lettered, "num"), td(t.failed, "num")),
       );
     }
   }
@@ -180,16 +183,22 @@ function renderBrokers(status) {
 const PALETTE = ["#2f5fd0", "#e4572e", "#17a398", "#ffb400", "#8e44ad", "#3d405b", "#76b041",
   "#d81159", "#00a6ed", "#7f8c8d"];
 
-function layout(title, yTitle) {
-  return {
+function layout(title, yTitle, empty = "") {
+  const out = {
     title: { text: title, font: { size: 13 } },
-    margin: { l: 44, r: 10, t: 30, b: 30 },
+    margin: { l: 48, r: 10, t: 30, b: 30 },
     yaxis: { title: { text: yTitle }, rangemode: "tozero", automargin: true },
-    xaxis: { type: "date" },
-    legend: { font: { size: 10 }, orientation: "h", y: -0.18 },
+    xaxis: { type: "date", tickformat: "%H:%M:%S" },
+    legend: { font: { size: 10 } },
     showlegend: true,
-    uirevision: "keep",
   };
+  if (empty) {
+    out.xaxis.visible = false;
+    out.yaxis.visible = false;
+    out.annotations = [{ text: empty, showarrow: false, xref: "paper", yref: "paper",
+      x: 0.5, y: 0.5, font: { color: "#6b7480" } }];
+  }
+  return out;
 }
 
 const CONFIG = { displayModeBar: false, responsive: true };
@@ -197,32 +206,32 @@ const CONFIG = { displayModeBar: false, responsive: true };
 function drawCharts() {
   const replicas = [], rate = [], inFlight = [], kpa = [];
   let i = 0;
+  // Plotly.react redraws what changed by reference: every draw gets fresh arrays.
+  const trace = (key, name, t, y, line, legend = true) => ({
+    x: t.slice(), y: y.slice(), name, mode: "lines", line, meta: key, legendgroup: key,
+    showlegend: legend,
+  });
   for (const [key, h] of history) {
     const name = key.split("/")[2];
     const color = PALETTE[i++ % PALETTE.length];
-    const line = { color };
-    replicas.push({ x: h.t, y: h.ready, name: `${name} ready`, mode: "lines", line,
-      meta: key });
-    replicas.push({ x: h.t, y: h.desired, name: `${name} desired`, mode: "lines",
-      line: { color, dash: "dot" }, meta: key });
-    rate.push({ x: h.t, y: h.rate, name, mode: "lines", line, meta: key });
-    inFlight.push({ x: h.t, y: h.inFlight, name, mode: "lines", line, meta: key });
+    replicas.push(trace(key, name, h.t, h.ready, { color }));
+    replicas.push(trace(key, `${name} desired`, h.t, h.desired, { color, dash: "dot" }, false));
+    rate.push(trace(key, name, h.t, h.rate, { color }));
+    inFlight.push(trace(key, name, h.t, h.inFlight, { color }));
     if (h.kpa) {
-      kpa.push({ x: h.t, y: h.stable, name: `${name} stable`, mode: "lines", line, meta: key });
-      kpa.push({ x: h.t, y: h.panic, name: `${name} panic`, mode: "lines",
-        line: { color, dash: "dot" }, meta: key });
-      kpa.push({ x: h.t, y: h.target, name: `${name} target`, mode: "lines",
-        line: { color, dash: "dash", width: 1 }, meta: key });
+      kpa.push(trace(key, `${name} stable`, h.t, h.stable, { color }));
+      kpa.push(trace(key, `${name} panic`, h.t, h.panic, { color, dash: "dot" }, false));
+      kpa.push(trace(key, `${name} target`, h.t, h.target, { color, dash: "dash", width: 1 },
+        false));
     }
   }
-  Plotly.react("chart-replicas", replicas, layout("Replicas: ready and desired", "replicas"),
-    CONFIG);
+  Plotly.react("chart-replicas", replicas,
+    layout("Replicas: ready (solid) and desired (dotted)", "replicas"), CONFIG);
   Plotly.react("chart-rate", rate, layout("Requests per second", "req/s"), CONFIG);
   Plotly.react("chart-inflight", inFlight, layout("Requests in flight", "requests"), CONFIG);
-  const kpaTitle = kpa.length
-    ? "KPA: stable and panic averages against the target"
-    : "KPA averages (not reported by this knfn)";
-  Plotly.react("chart-kpa", kpa, layout(kpaTitle, "per replica"), CONFIG);
+  Plotly.react("chart-kpa", kpa, kpa.length
+    ? layout("KPA: stable (solid), panic (dotted), target (dashed)", "per replica")
+    : layout("KPA averages", "", "not reported by this knfn's /status"), CONFIG);
 }
 
 async function tick() {
@@ -259,8 +268,8 @@ function renderEvents(rows) {
     const badges = deliveries
       .slice()
       .reverse()
-      .map((d) => stateBadge(`${d.kind === "dead-letter" ? "☠ " : ""}${d.trigger}: ${d.state}`,
-        d.state));
+      .map((d) => stateBadge(`${d.kind === "dead-letter" ? "☠ " : ""}${d.trigger}: ${d.state}` +
+        (d.replay ? ` (replay ${d.replay})` : ""), d.state));
     const tr = el("tr", {
       class: "event" + (number === selected ? " selected" : ""),
       "data-event": number,
@@ -305,11 +314,11 @@ async function replay(number, trigger) {
     body: JSON.stringify(body),
   });
   const answer = await resp.json();
-  if (out) {
-    out.textContent = resp.ok
-      ? `replay ${answer.replay} sent to ${answer.deliveries.map((d) => d.trigger).join(", ")}`
-      : `refused (${resp.status}): ${answer.error}`;
-  }
+  const text = resp.ok
+    ? `replay ${answer.replay} sent to ${answer.deliveries.map((d) => d.trigger).join(", ")}`
+    : `refused (${resp.status}): ${answer.error}`;
+  replayNote = { number, text };
+  if (out) out.textContent = text;
   await refreshEvents();
 }
 
@@ -350,8 +359,7 @@ async function showEvent(number) {
     return;
   }
   if (selected !== number) return;
-  const result = document.getElementById("replay-result");
-  const keep = result ? result.textContent : "";
+  const keep = replayNote.number === number ? replayNote.text : "";
   const attrs = Object.entries(ev.attributes).map(([k, v]) => `${k}: ${v}`).join("\n");
   const deliveries = ev.deliveries.flatMap((d) => deliveryRows(number, d));
   pane.replaceChildren(
@@ -367,7 +375,14 @@ async function showEvent(number) {
   );
 }
 
-tick();
-refreshEvents();
-setInterval(tick, TICK_MS);
-setInterval(refreshEvents, EVENTS_MS);
+// Each loop waits for its round to end before the next is timed: slow answers never pile up.
+function every(ms, work) {
+  const round = async () => {
+    await work();
+    setTimeout(round, ms);
+  };
+  round();
+}
+
+every(TICK_MS, tick);
+every(EVENTS_MS, refreshEvents);
