@@ -3,12 +3,12 @@ the PNG, and turn the error budget's verdict into the exit code (0 within it, 1 
 
 from __future__ import annotations
 
-import asyncio
 import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import uvloop
 from rich.console import Console
 
 from knfn.load import engine, view
@@ -58,7 +58,7 @@ def run(
 ) -> tuple[Result, Verdict]:
     """Run the load, show it, write what was asked; the result and its verdict."""
     with view.make_view(console, plan) as shown:
-        result = asyncio.run(engine.run(plan, shown))
+        result = uvloop.run(engine.run(plan, shown))
     verdict = judge(result.timeline.done, result.timeline.error_count, max_errors)
     files = write_files(result, output) if output is not None else []
     console.print(view.summary(result, verdict, files))
