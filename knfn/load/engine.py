@@ -260,9 +260,9 @@ class _Run:
         rate = self.plan.rps
         work = self.closed_loop() if rate is None else self.open_loop(rate)
         task = self.loop.create_task(work)
-        await asyncio.wait(
-            [task, self.loop.create_task(self.stop.wait())], return_when="FIRST_COMPLETED"
-        )
+        stopped = self.loop.create_task(self.stop.wait())
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
         if not task.done():
             # Stopped: answers still on their way get a moment, then are abandoned.
             await asyncio.wait([task], timeout=STOP_GRACE)

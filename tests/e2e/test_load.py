@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -110,3 +111,19 @@ def test_error_budget_sets_the_exit_code(dev: DevRun) -> None:
     out, err = tolerated.communicate(timeout=60)
     assert tolerated.returncode == 0, out + err
     assert "is within --max-errors 100.00%" in out
+
+
+def test_ctrl_c_ends_the_load_and_still_reports(dev: DevRun, tmp_path: Path) -> None:
+    """The first SIGINT stops a 60 s load early: summary printed, files written, exit 0."""
+    proc = knfn_load(dev, "-c", "5", "-d", "60", "--out", str(tmp_path))
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("t=3s"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out + err
+    assert "(stopped by Ctrl-C)" in out
+    table = rows(tmp_path / "load.csv")
+    assert 4 <= len(table) <= 10 and int(table[-1]["in_flight"]) == 0
+    assert (tmp_path / "load.png").stat().st_size > 0
