@@ -29,22 +29,23 @@ from typing import Any
 
 from aiohttp import web
 
-from knfn import admin, admin_api, autoscaling, manifests, server, template, watch
+from knfn import admin, admin_api, manifests, server, watch
 from knfn.backing import services
 from knfn.backing.supervise import supervise
-from knfn.budget import Caps
 from knfn.errors import KnfnError
 from knfn.eventing import config as eventing_config
 from knfn.eventing.runtime import Eventing
 from knfn.gateway import Gateway
-from knfn.kpa import Autoscaler
 from knfn.logs import Printer
-from knfn.replica_env import SecretValues
-from knfn.replica_records import ReplicaRecords
-from knfn.revisions import RevisionStore
-from knfn.serving import Context, Serving
+from knfn.serving import autoscaling, template
+from knfn.serving.budget import Caps
+from knfn.serving.kpa import Autoscaler
+from knfn.serving.replica import Replica
+from knfn.serving.replica_env import SecretValues
+from knfn.serving.replica_records import ReplicaRecords
+from knfn.serving.revision import RevisionStore
+from knfn.serving.runtime import Context, Serving
 from knfn.settings import Settings
-from knfn.supervisor import Replica
 
 READY_TIMEOUT = 90.0
 # Shutdown: attempts in flight may end within this; then they are cut short and released.
@@ -64,8 +65,8 @@ class DevOptions:
     max_event_bytes: int = 1024 * 1024
     # Ports the CLI already bound (so a busy one failed before anything started), by port.
     listeners: Mapping[int, socket.socket] = field(default_factory=dict)
-    replica_start: str = "fork"  # or "spawn": no templates (knfn/template.py)
-    caps: Caps = field(default_factory=Caps)  # the replica budget (knfn/budget.py)
+    replica_start: str = "fork"  # or "spawn": no templates (knfn/serving/template.py)
+    caps: Caps = field(default_factory=Caps)  # the replica budget (knfn/serving/budget.py)
     autoscaler: autoscaling.LocalOverrides = field(default_factory=autoscaling.LocalOverrides)
 
 

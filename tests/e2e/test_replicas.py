@@ -23,7 +23,7 @@ import pytest
 
 from knfn.backing import process
 from knfn.logs import PARTIAL_MARKER
-from knfn.replica_records import ReplicaRecord, process_table, read_boot_id, start_time
+from knfn.serving.replica_records import ReplicaRecord, process_table, read_boot_id, start_time
 from tests.support import REPO, free_port
 
 KNFN = str(Path(sys.executable).parent / "knfn")

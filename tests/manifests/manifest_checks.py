@@ -26,7 +26,7 @@ from typing import Any
 import kubernetes_validate
 import yaml
 
-from knfn import autoscaling
+from knfn.serving import autoscaling
 
 Obj = dict[str, Any]
 
@@ -624,7 +624,7 @@ def check_autoscaling_annotations(
     annotations: Mapping[str, str], where: str, allow_zero_initial_scale: bool = False
 ) -> list[str]:
     """Revision-template autoscaling annotations as Knative's webhook checks them: the same
-    validation knfn applies when it loads the manifests (knfn.autoscaling)."""
+    validation knfn applies when it loads the manifests (knfn.serving.autoscaling)."""
     cfg = autoscaling.AutoscalerConfig(allow_zero_initial_scale=allow_zero_initial_scale)
     return [f"{where}: {p}" for p in autoscaling.validate_annotations(annotations, cfg)]
 

@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from knfn.autoscaling import (
+from knfn.errors import KnfnError
+from knfn.serving.autoscaling import (
     HPA,
     KPA,
     AutoscalerConfig,
@@ -19,7 +20,6 @@ from knfn.autoscaling import (
     validate_annotations,
     with_local_overrides,
 )
-from knfn.errors import KnfnError
 
 # The data of config/core/configmaps/autoscaler.yaml as shipped (values written as upstream
 # writes them), plus the _example key every Knative ConfigMap carries.

@@ -15,29 +15,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from knfn import budget, metrics, traffic
 from knfn import manifests as mf
-from knfn.budget import Caps as Caps  # Context's field type, re-exported
-from knfn.kpa import Autoscaler
+from knfn import metrics
 from knfn.logs import Printer
 from knfn.ports import free_port
-from knfn.replica_env import SecretValues, resolve
-from knfn.revisions import Revision, digest
 from knfn.routing import Target
-from knfn.supervisor import ReplicaError, ReplicaSpec
-from knfn.template import Template, start_mode
-from knfn.throttler import Endpoint, Throttler
+from knfn.serving import budget, traffic
+from knfn.serving.budget import Caps as Caps  # Context's field type, re-exported
+from knfn.serving.kpa import Autoscaler
+from knfn.serving.replica import ReplicaError, ReplicaSpec
+from knfn.serving.replica_env import SecretValues, resolve
+from knfn.serving.revision import Revision, digest
+from knfn.serving.template import Template, start_mode
+from knfn.serving.throttler import Endpoint, Throttler
 
 READY_TIMEOUT = 60.0
 CRASH_BACKOFF_MAX = 30.0
 # A replica that lived this long resets the crash backoff.
 HEALTHY_AFTER = 10.0
-# How often the memory a replica of each revision takes is measured (knfn/budget.py).
+# How often the memory a replica of each revision takes is measured (knfn/serving/budget.py).
 MEASURE_INTERVAL = 5.0
 
 
 class ReplicaHandle(Protocol):
-    """What serving uses of a replica: knfn.supervisor.Replica, or a fake in unit tests."""
+    """What serving uses of a replica: knfn.serving.replica.Replica, or a fake in unit tests."""
 
     @property
     def name(self) -> str: ...
@@ -60,7 +61,7 @@ class ReplicaHandle(Protocol):
 
 
 class Revisions(Protocol):
-    """Where revisions are recorded: knfn.revisions.RevisionStore (Postgres)."""
+    """Where revisions are recorded: knfn.serving.revision.RevisionStore (Postgres)."""
 
     def ensure(
         self, namespace: str, service: str, source: Path, template: Mapping[str, Any]
@@ -95,8 +96,8 @@ class Context:
     # (tests/unit/fakes.py).
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     pick_port: Callable[[], int] = free_port
-    templates: bool = False  # fork replicas from a template per revision (knfn/template.py)
-    # MemAvailable and the reserve kept from it (knfn/budget.py); None: no memory bound.
+    templates: bool = False  # fork replicas from a template per revision (knfn/serving/template.py)
+    # MemAvailable and the reserve kept from it (knfn/serving/budget.py); None: no memory bound.
     memory: Callable[[budget.Reserve], budget.Memory | None] = budget.available_memory
     # Where blocking reads (a /proc walk per replica) run: a worker thread, or inline in tests.
     offload: Callable[[Callable[[], None]], Awaitable[None]] = field(
@@ -120,7 +121,7 @@ class RevisionRuntime:
         self.desired = self.decider.initial_pods()
         self.routable = True
         self.capped_at: int | None = None
-        self.capped_by: str | None = None  # what holds it below desired (knfn/budget.py)
+        self.capped_by: str | None = None  # what holds it below desired (knfn/serving/budget.py)
         self._next_index = 1
         self._backoff = 0.0
         self._not_before = 0.0
@@ -239,7 +240,7 @@ class RevisionRuntime:
             host_env=self.ctx.host_env,
         )
 
-    # -- the template replicas are forked from (knfn/template.py) ------------------------------
+    # -- the template replicas are forked from (knfn/serving/template.py) ----------------------
     def _new_template(self) -> Template | None:
         """Started with the revision, kept at zero, stopped with it; None: spawn replicas."""
         if not self.ctx.templates or start_mode(self.service.annotations) == "spawn":
@@ -502,7 +503,7 @@ class Serving:
         )
 
     def admit(self, runtime: RevisionRuntime) -> int:
-        """The replicas runtime may run now under the replica budget (knfn/budget.py); the
+        """The replicas runtime may run now under the replica budget (knfn/serving/budget.py); the
         revisions that must yield to an activation are told to, here."""
         runtimes = self.runtimes()
         if runtime not in runtimes:  # a pinned revision being set up, or one being dropped
@@ -635,7 +636,7 @@ class Serving:
                 "cap_total": caps.total,
                 "cap_per_revision": caps.per_revision,
                 "capped": [rt.name for rt in capped],
-                # Why each capped revision is held (knfn/budget.py), and the limits.
+                # Why each capped revision is held (knfn/serving/budget.py), and the limits.
                 "capped_by": {rt.name: rt.capped_by for rt in capped},
                 "limits": self.limits(),
                 "memory_available_mib": None if memory is None else memory.available // budget.MiB,
