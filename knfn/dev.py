@@ -39,12 +39,13 @@ from knfn.gateway import Gateway
 from knfn.logs import Printer
 from knfn.serving import autoscaling, template
 from knfn.serving.budget import Caps
+from knfn.serving.context import Context
 from knfn.serving.kpa import Autoscaler
 from knfn.serving.replica import Replica
 from knfn.serving.replica_env import SecretValues
 from knfn.serving.replica_records import ReplicaRecords
 from knfn.serving.revision import RevisionStore
-from knfn.serving.runtime import Context, Serving
+from knfn.serving.runtime import Serving
 from knfn.settings import Settings
 
 READY_TIMEOUT = 90.0

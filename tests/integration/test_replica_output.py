@@ -22,12 +22,14 @@ import pytest
 from knfn import manifests as mf
 from knfn.logs import PARTIAL_MARKER, Printer
 from knfn.serving import autoscaling
+from knfn.serving.budget import Caps
+from knfn.serving.context import Context
 from knfn.serving.kpa import Autoscaler
 from knfn.serving.replica import Replica, ReplicaSpec
 from knfn.serving.replica_env import SecretValues
 from knfn.serving.replica_records import ReplicaRecords, process_table
 from knfn.serving.revision import Revision, RevisionStore
-from knfn.serving.runtime import Caps, Context, RevisionRuntime
+from knfn.serving.revision_runtime import RevisionRuntime
 from tests.support import free_port
 
 pytestmark = pytest.mark.slow

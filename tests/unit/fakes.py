@@ -9,7 +9,7 @@
 
 They live with the tests, not in knfn: knfn is an application, so the only users of these
 helpers are its own tests (structlog ships its helpers because its users test their code
-against it). The protocols they satisfy are in knfn/serving/runtime.py (``ReplicaHandle``,
+against it). The protocols they satisfy are in knfn/serving/context.py (``ReplicaHandle``,
 ``Revisions``).
 """
 
@@ -26,11 +26,13 @@ from typing import Any
 from knfn import manifests as mf
 from knfn.logs import Printer
 from knfn.serving import autoscaling
+from knfn.serving.budget import Caps
+from knfn.serving.context import Context
 from knfn.serving.kpa import Autoscaler
 from knfn.serving.replica import ReplicaError, ReplicaSpec
 from knfn.serving.replica_env import SecretValues
 from knfn.serving.revision import Revision, default_name, digest
-from knfn.serving.runtime import Caps, Context, Serving
+from knfn.serving.runtime import Serving
 from knfn.serving.traffic import TrafficTarget
 
 # Enough turns of the event loop for every chain of callbacks these tests start to run out.

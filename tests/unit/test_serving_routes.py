@@ -13,7 +13,7 @@ import pytest
 
 from knfn import manifests as mf
 from knfn.routing import Target
-from knfn.serving.runtime import RevisionRuntime
+from knfn.serving.revision_runtime import RevisionRuntime
 from knfn.serving.traffic import TrafficTarget
 from tests.unit.fakes import World, service, settle, world
 
