@@ -45,8 +45,9 @@ from harness import PROJECT, BenchError, KnfnDev, free_port, machine, percentile
 
 SERVICE, NAMESPACE = "hello", "default"
 HOST = f"{SERVICE}.{NAMESPACE}.localhost"
-# Local-only autoscaler overrides (knfn/serving/autoscaling.py): a one-second stable window, no
-# grace period before zero, a decision every 200 ms. Idle revisions reach zero in about a second.
+# Local-only autoscaler overrides (knfn/serving/autoscaler_config.py): a one-second stable
+# window, no grace period before zero, a decision every 200 ms. Idle revisions reach zero in
+# about a second.
 KNFN_ENV = {
     "KNFN_AUTOSCALER_STABLE_WINDOW": "1s",
     "KNFN_AUTOSCALER_SCALE_TO_ZERO_GRACE": "0s",

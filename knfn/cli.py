@@ -183,7 +183,7 @@ def admin_buckets(settings: Settings, names: tuple[str, ...]) -> None:
 
 
 class LocalDuration(click.ParamType[float, Any]):
-    """A local-only autoscaler setting (knfn/serving/autoscaling.py): a Go duration, checked."""
+    """A local-only autoscaler setting (knfn/serving/autoscaler_config.py): a Go duration."""
 
     name = "duration"
 
@@ -195,10 +195,10 @@ class LocalDuration(click.ParamType[float, Any]):
     ) -> float:
         if isinstance(value, float):
             return value
-        from knfn.serving import autoscaling
+        from knfn.serving import autoscaler_config
 
         try:
-            return autoscaling.parse_local_override(self.variable, str(value))
+            return autoscaler_config.parse_local_override(self.variable, str(value))
         except ValueError as exc:
             self.fail(f"{value!r}: {exc}", param, ctx)
 
@@ -339,13 +339,13 @@ def dev_command(
 
     from knfn import dev
     from knfn.logs import Printer
-    from knfn.serving import autoscaling
+    from knfn.serving import autoscaler_config
 
     options = dev.DevOptions(
         port, admin_port, watch, dict(os.environ), dispatchers, shutdown_timeout, max_event_bytes,
         listeners=listeners, replica_start=replica_start,
         caps=budget.Caps(max_replicas_per_revision, max_replicas, memory_reserve),
-        autoscaler=autoscaling.LocalOverrides(
+        autoscaler=autoscaler_config.LocalOverrides(
             autoscaler_stable_window, autoscaler_scale_to_zero_grace, autoscaler_tick
         ),
     )  # fmt: skip

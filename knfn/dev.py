@@ -38,6 +38,12 @@ from knfn.eventing.runtime import Eventing
 from knfn.gateway import Gateway
 from knfn.logs import Printer
 from knfn.serving import autoscaling, template
+from knfn.serving.autoscaler_config import (
+    AutoscalerConfig,
+    AutoscalingError,
+    LocalOverrides,
+    with_local_overrides,
+)
 from knfn.serving.budget import Caps
 from knfn.serving.context import Context
 from knfn.serving.kpa import Autoscaler
@@ -68,7 +74,7 @@ class DevOptions:
     listeners: Mapping[int, socket.socket] = field(default_factory=dict)
     replica_start: str = "fork"  # or "spawn": no templates (knfn/serving/template.py)
     caps: Caps = field(default_factory=Caps)  # the replica budget (knfn/serving/budget.py)
-    autoscaler: autoscaling.LocalOverrides = field(default_factory=autoscaling.LocalOverrides)
+    autoscaler: LocalOverrides = field(default_factory=LocalOverrides)
 
 
 def _status(serving: Serving, eventing: Eventing) -> admin_api.Status:
@@ -89,15 +95,13 @@ def configured_buckets(m: manifests.Manifests) -> list[str]:
     return sorted(names)
 
 
-def autoscaler_config(
-    m: manifests.Manifests, overrides: autoscaling.LocalOverrides
-) -> autoscaling.AutoscalerConfig:
+def autoscaler_config(m: manifests.Manifests, overrides: LocalOverrides) -> AutoscalerConfig:
     """config-autoscaler from the manifests (as in the cluster), then the local-only overrides."""
     data = m.config_maps.get(("knative-serving", "config-autoscaler"), {})
     try:
-        cfg = autoscaling.AutoscalerConfig.from_configmap(data)
-        return autoscaling.with_local_overrides(cfg, overrides)
-    except autoscaling.AutoscalingError as exc:
+        cfg = AutoscalerConfig.from_configmap(data)
+        return with_local_overrides(cfg, overrides)
+    except AutoscalingError as exc:
         raise KnfnError(f"ConfigMap knative-serving/config-autoscaler: {exc}") from exc
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from knfn import manifests as mf
 from knfn.logs import PARTIAL_MARKER, Printer
-from knfn.serving import autoscaling
+from knfn.serving import autoscaler_config, autoscaling
 from knfn.serving.budget import Caps
 from knfn.serving.context import Context
 from knfn.serving.kpa import Autoscaler
@@ -155,7 +155,7 @@ def test_unreadable_output_gets_the_replica_replaced(function_dir: Path, tmp_pat
         mf.Container((("FUNCTION_TARGET", "shout"),), ()),
     )
     manifests = mf.Manifests((svc,), {}, {}, ())
-    scaler = autoscaling.AutoscalerConfig.from_configmap({})
+    scaler = autoscaler_config.AutoscalerConfig.from_configmap({})
     records = ReplicaRecords(tmp_path / "run")
     ctx = Context(
         printer=printer,

@@ -25,7 +25,7 @@ from typing import Any
 
 from knfn import manifests as mf
 from knfn.logs import Printer
-from knfn.serving import autoscaling
+from knfn.serving import autoscaler_config, autoscaling
 from knfn.serving.budget import Caps
 from knfn.serving.context import Context
 from knfn.serving.kpa import Autoscaler
@@ -273,7 +273,7 @@ def service(
 
 # A revision that starts at zero, as the default project's local windows do.
 AT_ZERO = {"autoscaling.knative.dev/initial-scale": "0"}
-SCALER = autoscaling.AutoscalerConfig.from_configmap({"allow-zero-initial-scale": "true"})
+SCALER = autoscaler_config.AutoscalerConfig.from_configmap({"allow-zero-initial-scale": "true"})
 
 
 @dataclass
