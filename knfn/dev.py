@@ -26,7 +26,7 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +132,7 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         await loop.run_in_executor(None, startup.postgres)
         if "postgres" in startup.started():
             say.line("knfn", "started postgres")
-        # S3 at the port it is starting on (checked once it is up, below).
+        # S3 at the port it is starting on (a port taken meanwhile moves it: see step 5).
         backing = startup.env(startup.s3_planned)
 
         # 2. Admin processes, as the cluster's Jobs would run them, beside Serving's start:
@@ -145,14 +145,8 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
             await loop.run_in_executor(None, startup.s3)
             if "s3" in startup.started():
                 say.line("knfn", "started s3")
-            if startup.env().s3_endpoint_url != backing.s3_endpoint_url:
-                raise KnfnError(
-                    f"s3 moved to {startup.env().s3_endpoint_url} while starting (its port was "
-                    f"taken), but the functions were given {backing.s3_endpoint_url}; "
-                    "start again"
-                )
             names = configured_buckets(m)
-            created = await loop.run_in_executor(None, admin.buckets, backing, names)
+            created = await loop.run_in_executor(None, admin.buckets, startup.env(), names)
             say.line("knfn", f"buckets created: {len(created)}")
 
         admin_steps = [asyncio.ensure_future(migrate()), asyncio.ensure_future(buckets())]
@@ -168,9 +162,7 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         ctx = Context(
             printer=say,
             store=store,
-            values=SecretValues(
-                backing.function_env(), options.host_env, settings.state_dir / "secrets.json"
-            ),
+            values=_secret_values(backing, options, settings),
             proxy_url=f"http://127.0.0.1:{options.port}",
             host_env=options.host_env,
             argv=(str(Path(sys.executable).parent / "functions-framework"),),
@@ -204,6 +196,14 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         #    bound socket), the gateway (with the broker ingress at its Knative address) and
         #    the admin API.
         await admin_steps[1]
+        if (moved := startup.env()).s3_endpoint_url != backing.s3_endpoint_url:
+            # Its port was taken while it started (another knfn starting beside this one):
+            # the functions were given the old address, so they start again with the new one.
+            say.line("knfn", f"s3 moved to {moved.s3_endpoint_url}: restarting the functions")
+            await serving.stop()
+            backing = moved
+            serving = Serving(replace(ctx, values=_secret_values(backing, options, settings)), m)
+            await serving.apply(m)
         gateway = Gateway(serving.route, serving.known_hosts, eventing.local)
         admin_app = admin_api.build(_status(serving, eventing), eventing.events)
         for app, port in ((gateway.app, options.port), (admin_app, options.admin_port)):
@@ -248,6 +248,15 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
             serving=serving,
             backing_down=lambda: loop.run_in_executor(None, _backing_down, settings, startup),
         )
+
+
+def _secret_values(
+    backing: services.BackingEnv, options: DevOptions, settings: Settings
+) -> SecretValues:
+    """What the functions' Secrets hold: the backing services' addresses and keys."""
+    return SecretValues(
+        backing.function_env(), options.host_env, settings.state_dir / "secrets.json"
+    )
 
 
 def _backing_down(settings: Settings, startup: services.Startup) -> list[str]:
