@@ -46,8 +46,9 @@ from harness import PROJECT, BenchError, KnfnDev, free_port, machine, percentile
 
 SERVICE, NAMESPACE = "hello", "default"
 HOST = f"{SERVICE}.{NAMESPACE}.localhost"
-# Local-only autoscaler overrides (knfn/autoscaling.py): a one-second stable window, no grace
-# period before zero, a decision every 200 ms. Idle revisions reach zero in about a second.
+# Local-only autoscaler overrides (knfn/serving/autoscaler_config.py): a one-second stable
+# window, no grace period before zero, a decision every 200 ms. Idle revisions reach zero in
+# about a second.
 KNFN_ENV = {
     "KNFN_AUTOSCALER_STABLE_WINDOW": "1s",
     "KNFN_AUTOSCALER_SCALE_TO_ZERO_GRACE": "0s",
@@ -82,7 +83,7 @@ def first_byte(port: int, host: str) -> tuple[float, int, bytes]:
 def replica_env(dev: KnfnDev, port: int) -> dict[str, str]:
     """The environment knfn gives a hello replica (manifests, ConfigMap, runtime contract)."""
     from knfn import manifests
-    from knfn.replica_env import SecretValues, resolve
+    from knfn.serving.replica_env import SecretValues, resolve
 
     m = manifests.load(PROJECT / "knative" / "base", PROJECT / "functions")
     service = m.service(NAMESPACE, SERVICE)

@@ -32,22 +32,30 @@ from typing import Any
 
 from aiohttp import web
 
-from knfn import admin, admin_api, autoscaling, manifests, server, template, watch
+from knfn import admin, admin_api, manifests, server, watch
 from knfn.backing import services
 from knfn.backing.supervise import supervise
-from knfn.budget import Caps
 from knfn.errors import KnfnError
 from knfn.eventing import config as eventing_config
 from knfn.eventing.runtime import Eventing
 from knfn.gateway import Gateway
-from knfn.kpa import Autoscaler
 from knfn.logs import Printer
-from knfn.replica_env import SecretValues
-from knfn.replica_records import ReplicaRecords
-from knfn.revisions import RevisionStore
-from knfn.serving import Context, Serving
+from knfn.serving import autoscaling, template
+from knfn.serving.autoscaler_config import (
+    AutoscalerConfig,
+    AutoscalingError,
+    LocalOverrides,
+    with_local_overrides,
+)
+from knfn.serving.budget import Caps
+from knfn.serving.context import Context
+from knfn.serving.kpa import Autoscaler
+from knfn.serving.replica import Replica
+from knfn.serving.replica_env import SecretValues
+from knfn.serving.replica_records import ReplicaRecords
+from knfn.serving.revision import RevisionStore
+from knfn.serving.runtime import Serving
 from knfn.settings import Settings
-from knfn.supervisor import Replica
 
 READY_TIMEOUT = 90.0
 # Shutdown: attempts in flight may end within this; then they are cut short and released.
@@ -67,9 +75,9 @@ class DevOptions:
     max_event_bytes: int = 1024 * 1024
     # Ports the CLI already bound (so a busy one failed before anything started), by port.
     listeners: Mapping[int, socket.socket] = field(default_factory=dict)
-    replica_start: str = "fork"  # or "spawn": no templates (knfn/template.py)
-    caps: Caps = field(default_factory=Caps)  # the replica budget (knfn/budget.py)
-    autoscaler: autoscaling.LocalOverrides = field(default_factory=autoscaling.LocalOverrides)
+    replica_start: str = "fork"  # or "spawn": no templates (knfn/serving/template.py)
+    caps: Caps = field(default_factory=Caps)  # the replica budget (knfn/serving/budget.py)
+    autoscaler: LocalOverrides = field(default_factory=LocalOverrides)
 
 
 def _status(serving: Serving, eventing: Eventing) -> admin_api.Status:
@@ -90,15 +98,13 @@ def configured_buckets(m: manifests.Manifests) -> list[str]:
     return sorted(names)
 
 
-def autoscaler_config(
-    m: manifests.Manifests, overrides: autoscaling.LocalOverrides
-) -> autoscaling.AutoscalerConfig:
+def autoscaler_config(m: manifests.Manifests, overrides: LocalOverrides) -> AutoscalerConfig:
     """config-autoscaler from the manifests (as in the cluster), then the local-only overrides."""
     data = m.config_maps.get(("knative-serving", "config-autoscaler"), {})
     try:
-        cfg = autoscaling.AutoscalerConfig.from_configmap(data)
-        return autoscaling.with_local_overrides(cfg, overrides)
-    except autoscaling.AutoscalingError as exc:
+        cfg = AutoscalerConfig.from_configmap(data)
+        return with_local_overrides(cfg, overrides)
+    except AutoscalingError as exc:
         raise KnfnError(f"ConfigMap knative-serving/config-autoscaler: {exc}") from exc
 
 

@@ -247,12 +247,7 @@ def secure_hba(text: str) -> str:
 
 def _bind_failed(log_path: Path, offset: int) -> bool:
     """Whether the server's log since offset says it could not bind its port."""
-    try:
-        with open(log_path, "rb") as log:
-            log.seek(offset)
-            text = log.read().decode(errors="replace")
-    except OSError:
-        return False
+    text = process.log_since(log_path, offset)
     return "Address already in use" in text or "could not create any TCP/IP sockets" in text
 
 

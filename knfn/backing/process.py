@@ -121,6 +121,16 @@ def tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
+def log_since(path: Path, offset: int) -> str:
+    """What a server's log got after byte offset ("" when it cannot be read)."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def wait_ready(
     name: str,
     probe: Callable[[], bool],

@@ -106,13 +106,7 @@ class PortTaken(BackingError):
 
 def _bind_failed(log_path: Path, offset: int) -> bool:
     """Whether the server's log since offset says it could not bind a port."""
-    try:
-        with open(log_path, "rb") as log:
-            log.seek(offset)
-            text = log.read().decode(errors="replace")
-    except OSError:
-        return False
-    return "address already in use" in text.lower()
+    return "address already in use" in process.log_since(log_path, offset).lower()
 
 
 def seaweedfs_security() -> dict[str, str]:

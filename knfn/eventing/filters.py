@@ -96,9 +96,7 @@ def _compile_attributes(raw: Any) -> Filter:
         return match_all
     if not isinstance(raw, Mapping):
         raise FilterError("spec.filter: must be an object with attributes")
-    unknown = sorted(str(k) for k in raw if k != "attributes")
-    if unknown:
-        raise FilterError(f"spec.filter.{unknown[0]}: unknown field; spec.filter has attributes")
+    # Unknown fields were refused when the manifests were read (knfn/schema.py).
     attributes = raw.get("attributes")
     if attributes is None:
         return match_all

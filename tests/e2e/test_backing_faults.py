@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,17 +162,12 @@ def test_same_state_dir_is_refused_naming_the_holder(pair: tuple[Dev, Dev], tmp_
     `knfn reset` and `knfn services down` refuse too, and the data stays."""
     first = pair[0]
     began = time.monotonic()
-    done = subprocess.run(
-        [KNFN, "--project-dir", str(REPO), "dev"],
-        env=env_for(first.state, free_port()),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = dev_once([], env_for(first.state, free_port()))
     assert done.returncode == 1, done.stderr
     assert f"pid {first.proc.pid}" in done.stderr and "knfn dev" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert time.monotonic() - began < 10
+    print(f"same state dir: exit 1 in {time.monotonic() - began:.2f}s: {done.stderr.strip()}")
     for args in (["reset", "--yes"], ["services", "down"]):
         refused = subprocess.run(
             [KNFN, "--project-dir", str(REPO), *args],
@@ -277,21 +273,29 @@ def test_s3_killed_ingest_answers_503_then_201(pair: tuple[Dev, Dev]) -> None:
     print(f"s3: 503 for {statuses.count(503)} uploads, 201 again {recovered:.2f} s after kill -9")
 
 
-def test_busy_explicit_port_fails_in_one_line_leaving_nothing(tmp_path: Path) -> None:
-    """`knfn dev --port` on a taken port: exit 1 within 2 s, one line, nothing started."""
+@contextmanager
+def taken_port() -> Iterator[int]:
+    """A loopback port something else listens on, for as long as the block runs."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
-        state = tmp_path / ".knfn"
+        yield taken.getsockname()[1]
+
+
+def dev_once(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`knfn dev` run to its exit (it is expected to refuse), output captured."""
+    return subprocess.run(
+        [KNFN, "--project-dir", str(REPO), "dev", *args],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_busy_explicit_port_fails_in_one_line_leaving_nothing(tmp_path: Path) -> None:
+    """`knfn dev --port` on a taken port: exit 1 within 2 s, one line, nothing started."""
+    state = tmp_path / ".knfn"
+    with taken_port() as port:
         began = time.monotonic()
-        done = subprocess.run(
-            [KNFN, "--project-dir", str(REPO), "dev", "--port", str(port)],
-            env=env_for(state, free_port()),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = dev_once(["--port", str(port)], env_for(state, free_port()))
         took = time.monotonic() - began
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
@@ -306,18 +310,9 @@ def test_busy_explicit_port_fails_in_one_line_leaving_nothing(tmp_path: Path) ->
 
 def test_busy_explicit_backing_port_fails_before_anything_starts(tmp_path: Path) -> None:
     """KNFN_PG_PORT on a taken port: exit 1 at once naming the variable, nothing started."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        state = tmp_path / ".knfn"
-        done = subprocess.run(
-            [KNFN, "--project-dir", str(REPO), "dev"],
-            env=env_for(state, free_port(), KNFN_PG_PORT=str(port)),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    state = tmp_path / ".knfn"
+    with taken_port() as port:
+        done = dev_once([], env_for(state, free_port(), KNFN_PG_PORT=str(port)))
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         f"knfn: error: postgres (KNFN_PG_PORT): port {port} is already in use (change or unset it)"

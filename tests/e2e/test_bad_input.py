@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.parse
 import uuid
@@ -25,9 +22,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tests.support import REPO, free_port
+from tests.support import assert_json_error, binary, knfn_dev, request
 
-KNFN = str(Path(sys.executable).parent / "knfn")
 BROKER_HOST = "broker-ingress.knative-eventing.svc.cluster.local"
 BROKER_PATH = "/default/default"
 FUNCTIONS = (
@@ -52,26 +48,9 @@ class Dev:
         chunked: bool = False,
     ) -> tuple[int, str, bytes]:
         """(status, content type, body); headers are sent as given."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-            conn.putheader("Host", host)
-            for name, value in headers.items():
-                conn.putheader(name, value)
-            if chunked:
-                conn.putheader("Transfer-Encoding", "chunked")
-                conn.endheaders()
-                for start in range(0, len(body), 1 << 20):
-                    piece = body[start : start + (1 << 20)]
-                    conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
-                conn.send(b"0\r\n\r\n")
-            else:
-                conn.putheader("Content-Length", str(len(body)))
-                conn.endheaders(body)
-            resp = conn.getresponse()
-            return resp.status, resp.getheader("Content-Type") or "", resp.read()
-        finally:
-            conn.close()
+        return request(
+            self.port, method, path, headers, body, host=host, chunked=chunked, timeout=60
+        )
 
     def post_event(
         self, headers: Mapping[str, str], body: bytes, **kw: Any
@@ -96,44 +75,8 @@ class Dev:
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
     """`knfn dev` on the default project, free ports, state in a temporary directory."""
-    state = tmp_path_factory.mktemp("dev")
-    port, admin_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "S3_ENDPOINT_URL")}
-    env.update(
-        KNFN_PORT=str(port),
-        KNFN_ADMIN_PORT=str(admin_port),
-        KNFN_PG_PORT=str(free_port()),
-        KNFN_S3_PORT=str(free_port()),
-        KNFN_STATE_DIR=str(state / ".knfn"),
-    )
-    log = state / "dev.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [KNFN, "--project-dir", str(REPO), "dev"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 120
-    while "ready; Ctrl-C stops everything" not in log.read_text():
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.2)
-    yield Dev(proc, port, admin_port)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def binary(source: str, event_id: str, type_: str = "test.bad-input") -> dict[str, str]:
-    return {
-        "ce-specversion": "1.0",
-        "ce-id": event_id,
-        "ce-source": source,
-        "ce-type": type_,
-        "Content-Type": "application/json",
-    }
+    with knfn_dev(tmp_path_factory.mktemp("dev")) as run:
+        yield Dev(run.proc, run.port, run.admin_port)
 
 
 def wait_delivered(dev: Dev, ids: set[str], timeout: float = 60.0) -> set[str]:
@@ -148,13 +91,6 @@ def wait_delivered(dev: Dev, ids: set[str], timeout: float = 60.0) -> set[str]:
         if done == ids or time.monotonic() > deadline:
             return done
         time.sleep(0.5)
-
-
-def assert_json_error(status: int, content_type: str, body: bytes) -> str:
-    assert content_type.startswith("application/json"), (status, content_type, body[:300])
-    message = json.loads(body)["error"]
-    assert isinstance(message, str) and message, body[:300]
-    return message
 
 
 def test_one_nul_event_among_63_is_refused_alone_and_the_rest_delivered(dev: Dev) -> None:

@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,15 +16,20 @@ from pathlib import Path
 import pytest
 
 from knfn.backing import process
-from tests.support import REPO, free_port
+from tests.support import DevRun, knfn_dev, listening_sockets
 
-KNFN = str(Path(sys.executable).parent / "knfn")
 pytestmark = pytest.mark.slow
 
 
 class Dev:
-    def __init__(self, proc: subprocess.Popen[str], port: int, admin_port: int, log: Path) -> None:
-        self.proc, self.port, self.admin_port, self.log = proc, port, admin_port, log
+    def __init__(self, run: DevRun) -> None:
+        self.proc, self.port, self.admin_port, self.log = (
+            run.proc,
+            run.port,
+            run.admin_port,
+            run.log,
+        )
+        self.state = run.state
 
     def get(self, host: str, path: str = "/") -> tuple[int, bytes]:
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers={"Host": host})
@@ -47,35 +51,9 @@ def _open(req: urllib.request.Request, handler: object) -> tuple[int, bytes]:
 
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
-    """`knfn dev` on free ports with its state in a temporary project copy of the manifests."""
-    state = tmp_path_factory.mktemp("dev")
-    port, admin_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "S3_ENDPOINT_URL")}
-    env.update(
-        KNFN_PORT=str(port),
-        KNFN_ADMIN_PORT=str(admin_port),
-        KNFN_PG_PORT=str(free_port()),
-        KNFN_S3_PORT=str(free_port()),
-        KNFN_STATE_DIR=str(state / ".knfn"),
-    )
-    log = state / "dev.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [KNFN, "--project-dir", str(REPO), "dev"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 120
-    while "ready; Ctrl-C stops everything" not in log.read_text():
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.2)
-    yield Dev(proc, port, admin_port, log)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+    """`knfn dev` on free ports with its state in a temporary directory."""
+    with knfn_dev(tmp_path_factory.mktemp("dev")) as run:
+        yield Dev(run)
 
 
 def test_hello_answers_at_its_knative_host(dev: Dev) -> None:
@@ -167,6 +145,73 @@ def test_http_faces_refuse_bad_requests_in_json(dev: Dev) -> None:
             head, _, payload = answer.partition(b"\r\n\r\n")
             assert head.split()[1] == str(expected).encode(), answer
             assert "error" in json.loads(payload)
+
+
+def _process_tree(roots: set[int]) -> set[int]:
+    """The roots and every process descending from one of them (parents from /proc/PID/stat)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:  # gone meanwhile
+            continue
+        if stat:
+            # The command name may hold spaces and parentheses; the fields after it do not.
+            ppid = int(stat.rpartition(")")[2].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in tree:
+            tree.add(pid)
+            todo.extend(children.get(pid, []))
+    return tree
+
+
+def _listeners(pids: set[int]) -> set[tuple[int, str, int]]:
+    """(pid, address, port) of every listening TCP socket these processes hold."""
+    sockets = listening_sockets()
+    found = set()
+    for pid in pids:
+        try:
+            targets = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:  # gone meanwhile
+            continue
+        for target in targets:
+            if target.startswith("socket:[") and int(target[8:-1]) in sockets:
+                found.add((pid, *sockets[int(target[8:-1])]))
+    return found
+
+
+def test_every_listening_socket_is_on_loopback(dev: Dev) -> None:
+    """Every TCP socket that knfn, its replicas (template forks and their gunicorn workers),
+    Postgres and SeaweedFS listen on is bound to 127.0.0.1 or ::1. The backing servers run in
+    their own sessions, so their pids come from services.json."""
+    assert dev.get(f"hello.default.localhost:{dev.port}")[0] == 200  # a replica is up
+    backing = json.loads((dev.state / "services.json").read_text())
+    with urllib.request.urlopen(f"http://127.0.0.1:{dev.admin_port}/status", timeout=10) as resp:
+        services = json.loads(resp.read())["services"]
+    names = {int(rec["pid"]): name for name, rec in backing.items()} | {dev.proc.pid: "knfn"}
+    pids = _process_tree(set(names))
+    replicas = {
+        int(r["url"].rsplit(":", 1)[1]): f"{svc['name']} replica"
+        for svc in services
+        for rev in svc["revisions"]
+        for r in rev["replicas"]
+    }
+    found = _listeners(pids)
+    # A server's child processes (Postgres backends, gunicorn workers) hold its socket too.
+    seen = sorted(
+        {
+            (names.get(pid) or replicas.get(port, "other"), address, port)
+            for pid, address, port in found
+        }
+    )
+    print(f"{len(pids)} processes, {len(seen)} listening sockets:", *seen, sep="\n  ")
+    assert {"knfn", "postgres", "s3"} <= {name for name, _, _ in seen}
+    assert {dev.port, dev.admin_port} <= {port for name, _, port in seen if name == "knfn"}
+    assert len({name for name, _, _ in seen if name.endswith(" replica")}) >= 4
+    assert [s for s in seen if s[1] not in ("127.0.0.1", "::1")] == []
 
 
 def test_sigterm_stops_every_process_it_started(dev: Dev) -> None:

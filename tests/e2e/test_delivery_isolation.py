@@ -9,11 +9,9 @@ Trigger are posted one by one and the time from 202 to arrival is measured.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,9 +21,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.support import free_port, http_server_thread
+from tests.support import KNFN, dev_env, free_port, http_server_thread
 
-KNFN = str(Path(sys.executable).parent / "knfn")
 BROKER = "broker-ingress.knative-eventing.svc.cluster.local"
 HUNG = 100  # more than a subscriber's bound of attempts in flight
 FAST = 40
@@ -74,15 +71,8 @@ def knfn(tmp_path: Path) -> Iterator[tuple[int, Subscribers]]:
     (base / "kustomization.yaml").write_text("resources: [eventing.yaml]\n")
     (base / "eventing.yaml").write_text(manifests(f"http://127.0.0.1:{subscribers.port}"))
     (tmp_path / "functions").mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "S3_ENDPOINT_URL")}
-    port = free_port()
-    env.update(
-        KNFN_PORT=str(port),
-        KNFN_ADMIN_PORT=str(free_port()),
-        KNFN_PG_PORT=str(free_port()),
-        KNFN_S3_PORT=str(free_port()),
-        KNFN_STATE_DIR=str(tmp_path / ".knfn"),
-    )
+    env = dev_env(tmp_path / ".knfn")
+    port = int(env["KNFN_PORT"])
     log = tmp_path / "dev.log"
     with http_server_thread(subscribers.handle, subscribers.port):
         with open(log, "wb") as out:

@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,12 +22,10 @@ import pytest
 
 from knfn.backing import process
 from knfn.logs import PARTIAL_MARKER
-from knfn.replica_records import ReplicaRecord, process_table, read_boot_id, start_time
-from tests.support import REPO, free_port
+from knfn.serving.replica_records import ReplicaRecord, process_table, read_boot_id, start_time
+from tests.support import KNFN, READY_LINE, REPO, dev_env, listening_sockets, services_down
 
-KNFN = str(Path(sys.executable).parent / "knfn")
 pytestmark = pytest.mark.slow
-READY = "ready; Ctrl-C stops everything"
 
 
 class Dev:
@@ -50,7 +47,7 @@ class Dev:
                 start_new_session=True,
             )
         deadline = time.monotonic() + 120
-        while self.log.read_text().count(READY) < self.runs:
+        while self.log.read_text().count(READY_LINE) < self.runs:
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
             assert time.monotonic() < deadline, self.log.read_text()[-3000:]
             time.sleep(0.2)
@@ -92,40 +89,19 @@ class Dev:
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
     """`knfn dev` on the default project, free ports, its own state dir."""
     state = tmp_path_factory.mktemp("replicas") / ".knfn"
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "S3_ENDPOINT_URL")}
-    env.update(
-        KNFN_PORT=str(free_port()),
-        KNFN_ADMIN_PORT=str(free_port()),
-        KNFN_PG_PORT=str(free_port()),
-        KNFN_S3_PORT=str(free_port()),
-        KNFN_STATE_DIR=str(state),
-    )
+    env = dev_env(state)
     d = Dev(state, env)
     d.start()
     yield d
     if d.proc is not None and d.proc.poll() is None:
         d.proc.send_signal(signal.SIGTERM)
         d.proc.wait(60)
-    # A run that was killed left its backing servers running: stop them.
-    subprocess.run(
-        [KNFN, "--project-dir", str(REPO), "services", "down"],
-        env=env,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    services_down(env)  # a run that was killed left its backing servers running
 
 
 def listeners(port: int) -> set[str]:
-    """Local addresses (hex, as /proc/net/tcp{,6} show them) listening on port."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for row in Path(table).read_text().splitlines()[1:]:
-            fields = row.split()
-            address, hex_port = fields[1].rsplit(":", 1)
-            if int(hex_port, 16) == port and fields[3] == "0A":  # 0A: LISTEN
-                found.add(address)
-    return found
+    """Local addresses listening on port."""
+    return {address for address, bound in listening_sockets().values() if bound == port}
 
 
 def test_replica_ports_listen_on_loopback_only(dev: Dev) -> None:
@@ -136,7 +112,7 @@ def test_replica_ports_listen_on_loopback_only(dev: Dev) -> None:
     assert len(replicas) >= 4
     ports = [int(r["url"].rsplit(":", 1)[1]) for r in replicas]
     for port in ports:
-        assert listeners(port) == {"0100007F"}, (port, listeners(port))
+        assert listeners(port) == {"127.0.0.1"}, (port, listeners(port))
     others = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=False)
     for address in [a for a in others.stdout.split() if "." in a and a != "127.0.0.1"][:1]:
         with pytest.raises(OSError), socket.create_connection((address, ports[0]), timeout=2):

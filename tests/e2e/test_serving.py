@@ -302,6 +302,7 @@ def test_crashed_replica_gives_502_and_is_replaced(dev: Dev) -> None:
 
     [(status, body)] = asyncio.run(crash_during_load())
     assert status == 502 and b"limited-00001 failed" in body
+    crashed = time.monotonic()
     dev.wait_for(
         "a replacement replica",
         lambda: dev.revisions("limited")["limited-00001"]["ready_replicas"] == 1,
@@ -309,6 +310,7 @@ def test_crashed_replica_gives_502_and_is_replaced(dev: Dev) -> None:
     )
     [(after, _)] = asyncio.run(load(dev, "limited.default", "/?sleep=1", 1, each=1))
     assert after == 200
+    print(f"replica kill -9: 1 x 502, a ready replacement {time.monotonic() - crashed:.2f}s later")
 
 
 def test_metrics_and_status_command(dev: Dev) -> None:

@@ -13,7 +13,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -21,16 +20,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import psutil
 import psycopg
 import pytest
 
 from knfn.backing import services
-from tests.support import REPO, free_port
+from tests.support import KNFN, REPO, dev_env, post_events, services_down
 
-KNFN = str(Path(sys.executable).parent / "knfn")
-BROKER = "broker-ingress.knative-eventing.svc.cluster.local"
 EVENTS = 2000
 TYPE = "demo.shutdown"
 STOP_DEADLINE = 60.0
@@ -74,43 +70,21 @@ class Project:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Iterator[Project]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "S3_ENDPOINT_URL")}
     state = tmp_path / ".knfn"
-    port = free_port()
-    env.update(
-        KNFN_PORT=str(port),
-        KNFN_ADMIN_PORT=str(free_port()),
-        KNFN_PG_PORT=str(free_port()),
-        KNFN_S3_PORT=str(free_port()),
-        KNFN_STATE_DIR=str(state),
-    )
+    env = dev_env(state)
+    port = int(env["KNFN_PORT"])
     running = Project(state, env, port, tmp_path / "dev.log")
     yield running
-    subprocess.run([KNFN, "--project-dir", str(REPO), "services", "down"], env=env, check=False)
+    services_down(env)
 
 
 async def post_all(port: int, run: str, count: int, clients: int = 64) -> dict[str, int]:
     """Binary-mode POSTs to the default broker; the status each event id got."""
-    statuses: dict[str, int] = {}
-    ids = iter(range(count))
-    url = f"http://127.0.0.1:{port}/default/default"
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-
-        async def worker() -> None:
-            for n in ids:
-                event_id = f"{run}-{n}"
-                headers = {
-                    "Host": BROKER, "Content-Type": "application/json", "ce-specversion": "1.0",
-                    "ce-id": event_id, "ce-source": "/tests/shutdown", "ce-type": TYPE,
-                }  # fmt: skip
-                try:
-                    async with session.post(url, data=b'{"n": 1}', headers=headers) as resp:
-                        statuses[event_id] = resp.status
-                except aiohttp.ClientError:
-                    statuses[event_id] = -1
-
-        await asyncio.gather(*(worker() for _ in range(clients)))
-    return statuses
+    ids = [f"{run}-{n}" for n in range(count)]
+    events = [
+        {"specversion": "1.0", "id": i, "source": "/tests/shutdown", "type": TYPE} for i in ids
+    ]
+    return dict(zip(ids, await post_events(port, events, clients), strict=True))
 
 
 def delivery_states(url: str, run: str) -> dict[str, int]:

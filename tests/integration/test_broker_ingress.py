@@ -8,7 +8,6 @@ example. Nothing dispatches: the tests look at what was committed.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import threading
 import uuid
@@ -29,6 +28,7 @@ from knfn.eventing.config import Broker, EventingConfig, Trigger
 from knfn.eventing.delivery import DeliverySpec
 from knfn.eventing.store import Accept, EventRejected, EventStore, NewDelivery
 from knfn.ports import free_port
+from tests.support import assert_json_error, binary, request
 
 LIMIT = 64 * 1024  # a small body limit keeps the oversized examples cheap
 PATH = "/default/default"
@@ -77,25 +77,10 @@ class Served:
         self, headers: Mapping[str, str], body: bytes, *, chunked: bool = False
     ) -> tuple[int, str, bytes]:
         """(status, content type, body) of one POST, headers sent as given (latin-1)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.putrequest("POST", PATH, skip_accept_encoding=True)
-            for name, value in headers.items():
-                conn.putheader(name, value)
-            if chunked:
-                conn.putheader("Transfer-Encoding", "chunked")
-                conn.endheaders()
-                for start in range(0, len(body), 16 * 1024):
-                    piece = body[start : start + 16 * 1024]
-                    conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
-                conn.send(b"0\r\n\r\n")
-            else:
-                conn.putheader("Content-Length", str(len(body)))
-                conn.endheaders(body)
-            resp = conn.getresponse()
-            return resp.status, resp.getheader("Content-Type") or "", resp.read()
-        finally:
-            conn.close()
+        return request(
+            self.port, "POST", PATH, headers, body, chunked=chunked, chunk_size=16 * 1024,
+            timeout=30,
+        )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -110,16 +95,6 @@ def knfn_db(backing: services.BackingEnv) -> str:
     return backing.knfn_database_url
 
 
-def binary(source: str, event_id: str) -> dict[str, str]:
-    return {
-        "ce-specversion": "1.0",
-        "ce-id": event_id,
-        "ce-source": source,
-        "ce-type": "test.ingress",
-        "Content-Type": "application/json",
-    }
-
-
 def stored_ids(database_url: str, source: str) -> list[str]:
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
@@ -127,13 +102,6 @@ def stored_ids(database_url: str, source: str) -> list[str]:
             (source,),
         ).fetchall()
     return sorted(r[0] for r in rows)
-
-
-def assert_json_error(status: int, content_type: str, body: bytes) -> str:
-    assert content_type.startswith("application/json"), (status, content_type, body[:200])
-    message = json.loads(body)["error"]
-    assert isinstance(message, str) and message
-    return message
 
 
 def test_one_nul_event_among_63_fails_only_itself(served: Served, knfn_db: str) -> None:

@@ -18,7 +18,7 @@ import pytest
 from knfn import server
 from knfn.gateway import Gateway
 from knfn.routing import Target
-from knfn.throttler import Throttler
+from knfn.serving.throttler import Throttler
 from tests.support import free_port, running, wait_http
 
 pytestmark = pytest.mark.slow
@@ -137,5 +137,7 @@ def test_trickling_bodies_hold_no_replica_slot(replica: str, cc: int) -> None:
         waited = max(seconds for _, seconds in outcomes)
         assert waited < BODY_TIMEOUT + 10, f"a trickler was answered only after {waited:.1f}s"
         assert rev.throttler.meter.value == 0  # nothing left holding or waiting for a slot
+        print(f"cc {cc}: {ok}/{PROBES} probes 200; {codes.count('408')}/{TRICKLERS} tricklers "
+              f"408, the last after {waited:.1f}s")  # fmt: skip
 
     asyncio.run(main())

@@ -26,7 +26,8 @@ from typing import Any
 import kubernetes_validate
 import yaml
 
-from knfn import autoscaling
+from knfn import schema as knfn_schema
+from knfn.serving import autoscaler_config, autoscaling
 
 Obj = dict[str, Any]
 
@@ -166,7 +167,11 @@ def check_core_schemas(objs: Iterable[Obj], k8s_version: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Custom resources: a small schema of allowed keys per kind
+# Custom resources. Knative kinds: the field names are knfn's own (knfn/schema.py, which knfn
+# applies when it loads the manifests), so knfn and these checks cannot disagree on a name; on
+# top of them, what a fresh install also refuses (value types, required fields, fields behind a
+# config-features flag that is off). Kinds knfn does not load (the CloudNativePG Cluster) keep a
+# small schema of their own here.
 # --------------------------------------------------------------------------------------------
 
 
@@ -220,190 +225,199 @@ def req(allowed: Mapping[str, Schema], *required: str) -> Fields:
     return Fields(allowed, frozenset(required))
 
 
+# -- Knative kinds: knfn's names, and what else a default install refuses ----------------------
+
+# The type of a value knfn's schema leaves free, by field name: a name means the same thing
+# wherever a Knative or Kubernetes type uses it (Kubernetes API conventions).
+VALUE_TYPES: Mapping[str, Schema] = {
+    **dict.fromkeys(
+        ("containerConcurrency", "timeoutSeconds", "responseStartTimeoutSeconds",
+         "idleTimeoutSeconds", "initialDelaySeconds", "periodSeconds", "successThreshold",
+         "failureThreshold", "containerPort", "runAsUser", "runAsGroup", "percent", "retry",
+         "defaultMode", "mode", "expirationSeconds"),
+        INT,
+    ),
+    **dict.fromkeys(
+        ("name", "namespace", "image", "imagePullPolicy", "workingDir", "value", "key",
+         "mountPath", "subPath", "protocol", "prefix", "serviceAccountName", "revisionName",
+         "tag", "broker", "schedule", "timezone", "contentType", "data", "dataBase64",
+         "timeout", "backoffPolicy", "backoffDelay", "format", "uri", "apiVersion", "kind",
+         "path", "host", "scheme", "audience", "medium", "secretName", "claimName"),
+        STR,
+    ),
+    **dict.fromkeys(
+        ("optional", "readOnly", "latestRevision", "enableServiceLinks", "runAsNonRoot",
+         "readOnlyRootFilesystem", "allowPrivilegeEscalation"),
+        BOOL,
+    ),
+    "port": INT_OR_STR,
+    "sizeLimit": QUANTITY,
+    "args": ListOf(STR),
+    "command": ListOf(STR),
+    "labels": MapOf(STR),
+    "annotations": MapOf(STR),
+    "extensions": MapOf(STR),
+    "attributes": MapOf(STR),
+    "limits": MapOf(QUANTITY),
+    "requests": MapOf(QUANTITY),
+}  # fmt: skip
+
+_REF = ("kind", "name")  # duck/v1 KReference (knative.dev/pkg apis/duck/v1/knative_reference.go)
+_CONTAINER = "spec.template.spec.containers[]"
+_KEY_REFS = ("configMapKeyRef", "secretKeyRef")
+_LOCAL_REFS = ("configMapRef", "secretRef")
+_PROBES = ("readinessProbe", "livenessProbe")
+# Required fields: the parent (a path, `[]` for every item of a list) and the keys it must have.
+REQUIRED_OF_EVERY: Mapping[str, tuple[str, ...]] = {
+    "": ("apiVersion", "kind", "metadata", "spec"),
+    "metadata": ("name",),
+}
+REQUIRED: Mapping[str, Mapping[str, tuple[str, ...]]] = {
+    "Service": {  # revision_types.go, and the PodSpec fields Kubernetes requires
+        "spec": ("template",),
+        "spec.template": ("spec",),
+        "spec.template.spec": ("containers",),
+        _CONTAINER: ("image",),
+        f"{_CONTAINER}.env[]": ("name",),
+        **{f"{_CONTAINER}.env[].valueFrom.{ref}": ("name", "key") for ref in _KEY_REFS},
+        **{f"{_CONTAINER}.envFrom[].{ref}": ("name",) for ref in _LOCAL_REFS},
+        f"{_CONTAINER}.ports[]": ("containerPort",),
+        f"{_CONTAINER}.volumeMounts[]": ("name", "mountPath"),
+        **{f"{_CONTAINER}.{probe}.httpGet.httpHeaders[]": ("name", "value") for probe in _PROBES},
+        f"{_CONTAINER}.securityContext.seccompProfile": ("type",),
+        "spec.template.spec.volumes[]": ("name",),
+    },
+    "Broker": {"spec.config": _REF, "spec.delivery.deadLetterSink.ref": _REF},  # broker_types.go
+    "Trigger": {  # trigger_types.go
+        "spec": ("subscriber",),
+        "spec.subscriber.ref": _REF,
+        "spec.delivery.deadLetterSink.ref": _REF,
+    },
+    "SinkBinding": {  # sinkbinding_types.go: a tracker.Reference subject and a duck Sink
+        "spec": ("subject", "sink"),
+        "spec.subject": ("apiVersion", "kind"),
+        "spec.sink.ref": _REF,
+    },
+    "PingSource": {"spec": ("schedule", "sink"), "spec.sink.ref": _REF},  # ping_types.go
+}
+
+# Fields knfn's schema knows because a config-features flag can turn them on, but whose flag is
+# "disabled" in a fresh install (knative/serving config/core/configmaps/features.yaml, flag
+# names in pkg/apis/config/features.go); emptyDir's flag is enabled there.
+_POD = "spec.template.spec"
+OFF_BY_DEFAULT: Mapping[str, str] = {
+    **{
+        f"{_POD}.{name}": f"kubernetes.podspec-{flag}"
+        for name, flag in (
+            ("affinity", "affinity"), ("hostAliases", "hostaliases"),
+            ("nodeSelector", "nodeselector"), ("runtimeClassName", "runtimeclassname"),
+            ("tolerations", "tolerations"), ("securityContext", "securitycontext"),
+            ("schedulerName", "schedulername"), ("priorityClassName", "priorityclassname"),
+            ("topologySpreadConstraints", "topologyspreadconstraints"),
+            ("dnsPolicy", "dnspolicy"), ("dnsConfig", "dnsconfig"),
+            ("initContainers", "init-containers"),
+            ("shareProcessNamespace", "shareprocessnamespace"), ("hostIPC", "hostipc"),
+            ("hostPID", "hostpid"), ("hostNetwork", "hostnetwork"),
+            ("volumes[].persistentVolumeClaim", "persistent-volume-claim"),
+            ("containers[].env[].valueFrom.fieldRef", "fieldref"),
+            ("containers[].env[].valueFrom.resourceFieldRef", "fieldref"),
+        )
+    },
+    f"{_CONTAINER}.securityContext.capabilities.add": "kubernetes.containerspec-addcapabilities",
+}  # fmt: skip
+
+
+def at(value: Any, pattern: str, path: str = "$") -> Iterator[tuple[str, Any]]:
+    """(path, value) of every place `pattern` names in `value` ("" is `value` itself, `x[]`
+    every item of the list x); absent places are skipped."""
+    if not pattern:
+        yield path, value
+        return
+    head, _, rest = pattern.partition(".")
+    if not isinstance(value, Mapping):
+        return
+    if head.endswith("[]"):
+        items = value.get(head[:-2])
+        if isinstance(items, list):
+            for i, item in enumerate(items):
+                yield from at(item, rest, f"{path}.{head[:-2]}[{i}]")
+    elif head in value:
+        yield from at(value[head], rest, f"{path}.{head}")
+
+
+def names_known_fields(root: knfn_schema.Fields, pattern: str) -> bool:
+    """Whether every step of `pattern` (as :func:`at` reads it) is a field knfn's schema knows."""
+    node: knfn_schema.Node = root
+    for step in pattern.split(".") if pattern else []:
+        name = step.removesuffix("[]")
+        if not isinstance(node, knfn_schema.Fields):
+            return False
+        if name not in node.known:
+            return False
+        node = node.known[name]
+        if step.endswith("[]"):
+            if not isinstance(node, knfn_schema.Each):
+                return False
+            node = node.item
+    return True
+
+
+def _value_problems(value: Any, node: knfn_schema.Node, path: str) -> list[str]:
+    """Where `value` has the wrong shape for knfn's node, or a free value the wrong type."""
+    if isinstance(node, knfn_schema.Each):
+        if not isinstance(value, list):
+            return [f"{path}: expected a list, got {value!r}"]
+        return [
+            p for i, v in enumerate(value) for p in _value_problems(v, node.item, f"{path}[{i}]")
+        ]
+    if isinstance(node, knfn_schema.Fields):
+        if not isinstance(value, Mapping):
+            return [f"{path}: expected a mapping, got {value!r}"]
+        problems: list[str] = []
+        for key, child in value.items():
+            sub = node.known.get(key)
+            if isinstance(sub, knfn_schema.Free) and key in VALUE_TYPES:
+                problems.extend(shape_problems(child, VALUE_TYPES[key], f"{path}.{key}"))
+            elif sub is not None:
+                problems.extend(_value_problems(child, sub, f"{path}.{key}"))
+        return problems
+    return []
+
+
+def knative_problems(obj: Mapping[str, Any], root: knfn_schema.Fields) -> list[str]:
+    """A Knative object against knfn's known fields and what a default install refuses."""
+    problems: list[str] = []
+    for unknown in knfn_schema.unknown_fields(obj):
+        parent, _, key = unknown.path.rpartition(".")
+        where = f"$.{parent}" if parent else "$"
+        hint = f" (did you mean {unknown.suggestion}?)" if unknown.suggestion else ""
+        problems.append(f"{where}: unknown field {key!r}{hint}")
+    problems.extend(_value_problems(obj, root, "$"))
+    required = {**REQUIRED_OF_EVERY, **REQUIRED.get(str(obj.get("kind")), {})}
+    for pattern, keys in required.items():
+        for path, value in at(obj, pattern):
+            if isinstance(value, Mapping):
+                problems.extend(
+                    f"{path}: missing required field {key!r}" for key in keys if key not in value
+                )
+    if obj.get("kind") == "Service":
+        for pattern, flag in OFF_BY_DEFAULT.items():
+            key = pattern.rpartition(".")[2]
+            problems.extend(
+                f"{path.rpartition('.')[0]}: field {key!r} needs the {flag} feature, which is "
+                "off by default"
+                for path, _ in at(obj, pattern)
+            )
+    return problems
+
+
+# -- CloudNativePG: knfn does not load it, so its schema is here -------------------------------
+
 OBJECT_META = req(
     {"name": STR, "namespace": STR, "labels": MapOf(STR), "annotations": MapOf(STR)}, "name"
 )
-
-# duck/v1 KReference and Destination (knative.dev/pkg apis/duck/v1 knative_reference.go,
-# destination.go).
-KREF = req(
-    {"apiVersion": STR, "kind": STR, "name": STR, "namespace": STR, "group": STR, "address": STR},
-    "kind",
-    "name",
-)
-DESTINATION = Fields({"ref": KREF, "uri": STR, "CACerts": STR, "audience": STR})
-# knative/eventing pkg/apis/duck/v1/delivery_types.go DeliverySpec.
-DELIVERY = Fields(
-    {
-        "deadLetterSink": DESTINATION,
-        "retry": INT,
-        "timeout": STR,
-        "backoffPolicy": STR,
-        "backoffDelay": STR,
-        "retryAfterMax": STR,
-        "format": STR,
-    }
-)
-CE_OVERRIDES = Fields({"extensions": MapOf(STR)})
-
-# Knative Serving with default config-features: only these PodSpec/Container fields survive
-# the field masks (knative/serving pkg/apis/serving/fieldmask.go; the feature-gated ones such as
-# pod securityContext, affinity, nodeSelector, fieldRef, PVC and hostPath volumes, added
-# capabilities are "disabled" in config/core/configmaps/features.yaml, emptyDir is "enabled").
 LOCAL_REF = req({"name": STR, "optional": BOOL}, "name")
-KEY_REF = req({"name": STR, "key": STR, "optional": BOOL}, "name", "key")
-ENV_VAR = req(
-    {
-        "name": STR,
-        "value": STR,
-        "valueFrom": Fields({"configMapKeyRef": KEY_REF, "secretKeyRef": KEY_REF}),
-    },
-    "name",
-)
-ENV_FROM = Fields({"prefix": STR, "configMapRef": LOCAL_REF, "secretRef": LOCAL_REF})
-PROBE = Fields(
-    {
-        "httpGet": Fields(
-            {
-                "host": STR,
-                "path": STR,
-                "scheme": STR,
-                "port": INT_OR_STR,
-                "httpHeaders": ListOf(req({"name": STR, "value": STR}, "name", "value")),
-            }
-        ),
-        "tcpSocket": Fields({"host": STR, "port": INT_OR_STR}),
-        "exec": Fields({"command": ListOf(STR)}),
-        "grpc": Fields({"port": INT, "service": STR}),
-        "initialDelaySeconds": INT,
-        "timeoutSeconds": INT,
-        "periodSeconds": INT,
-        "successThreshold": INT,
-        "failureThreshold": INT,
-        "terminationGracePeriodSeconds": INT,
-    }
-)
-CONTAINER_SECURITY = Fields(
-    {
-        "capabilities": Fields({"drop": ListOf(STR)}),
-        "readOnlyRootFilesystem": BOOL,
-        "runAsUser": INT,
-        "runAsGroup": INT,
-        "runAsNonRoot": BOOL,
-        "allowPrivilegeEscalation": BOOL,
-        "seccompProfile": req({"type": STR, "localhostProfile": STR}, "type"),
-    }
-)
-KSVC_CONTAINER = req(
-    {
-        "name": STR,
-        "image": STR,
-        "args": ListOf(STR),
-        "command": ListOf(STR),
-        "env": ListOf(ENV_VAR),
-        "envFrom": ListOf(ENV_FROM),
-        "workingDir": STR,
-        "imagePullPolicy": STR,
-        "ports": ListOf(req({"containerPort": INT, "name": STR, "protocol": STR}, "containerPort")),
-        "readinessProbe": PROBE,
-        "livenessProbe": PROBE,
-        "startupProbe": PROBE,
-        "resources": Fields({"requests": MapOf(QUANTITY), "limits": MapOf(QUANTITY)}),
-        "securityContext": CONTAINER_SECURITY,
-        "terminationMessagePath": STR,
-        "terminationMessagePolicy": STR,
-        "volumeMounts": ListOf(
-            req(
-                {"name": STR, "mountPath": STR, "readOnly": BOOL, "subPath": STR},
-                "name",
-                "mountPath",
-            )
-        ),
-    },
-    "image",
-)
-KSVC_VOLUME = req(
-    {
-        "name": STR,
-        "emptyDir": Fields({"medium": STR, "sizeLimit": QUANTITY}),
-        "secret": ANY,
-        "configMap": ANY,
-        "projected": ANY,
-    },
-    "name",
-)
-# knative/serving pkg/apis/serving/v1/revision_types.go RevisionSpec (PodSpec inline + 4 fields).
-REVISION_SPEC = req(
-    {
-        "containers": ListOf(KSVC_CONTAINER),
-        "volumes": ListOf(KSVC_VOLUME),
-        "serviceAccountName": STR,
-        "imagePullSecrets": ListOf(req({"name": STR}, "name")),
-        "enableServiceLinks": BOOL,
-        "automountServiceAccountToken": BOOL,
-        "containerConcurrency": INT,
-        "timeoutSeconds": INT,
-        "responseStartTimeoutSeconds": INT,
-        "idleTimeoutSeconds": INT,
-    },
-    "containers",
-)
-# route_types.go TrafficTarget; within a Service the webhook rejects configurationName and url.
-TRAFFIC_TARGET = Fields({"tag": STR, "revisionName": STR, "latestRevision": BOOL, "percent": INT})
-KSVC_SPEC = req(
-    {
-        "template": req(
-            {
-                "metadata": Fields({"name": STR, "labels": MapOf(STR), "annotations": MapOf(STR)}),
-                "spec": REVISION_SPEC,
-            },
-            "spec",
-        ),
-        "traffic": ListOf(TRAFFIC_TARGET),
-    },
-    "template",
-)
-# knative/eventing pkg/apis/eventing/v1/broker_types.go, trigger_types.go.
-BROKER_SPEC = Fields({"config": KREF, "delivery": DELIVERY})
-TRIGGER_SPEC = req(
-    {
-        "broker": STR,
-        "brokerRef": KREF,
-        "filter": Fields({"attributes": MapOf(STR)}),
-        "filters": ListOf(ANY),
-        "subscriber": DESTINATION,
-        "delivery": DELIVERY,
-    },
-    "subscriber",
-)
-# knative/eventing pkg/apis/sources/v1 sinkbinding_types.go (duck SourceSpec + BindingSpec with
-# a tracker.Reference subject) and ping_types.go.
-SINKBINDING_SPEC = req(
-    {
-        "subject": req(
-            {"apiVersion": STR, "kind": STR, "name": STR, "namespace": STR, "selector": ANY},
-            "apiVersion",
-            "kind",
-        ),
-        "sink": DESTINATION,
-        "ceOverrides": CE_OVERRIDES,
-    },
-    "subject",
-    "sink",
-)
-PINGSOURCE_SPEC = req(
-    {
-        "schedule": STR,
-        "timezone": STR,
-        "contentType": STR,
-        "data": STR,
-        "dataBase64": STR,
-        "sink": DESTINATION,
-        "ceOverrides": CE_OVERRIDES,
-    },
-    "schedule",
-    "sink",
-)
+
 # cloudnative-pg api/v1/cluster_types.go ClusterSpec: top-level keys, and the parts used here.
 _CNPG_TOP = (
     "description",
@@ -532,11 +546,6 @@ def _resource(spec: Schema) -> Fields:
 
 
 CUSTOM_SCHEMAS: Mapping[tuple[str, str], Fields] = {
-    (f"{SERVING}/v1", "Service"): _resource(KSVC_SPEC),
-    (f"{EVENTING}/v1", "Broker"): _resource(BROKER_SPEC),
-    (f"{EVENTING}/v1", "Trigger"): _resource(TRIGGER_SPEC),
-    (f"{SOURCES}/v1", "SinkBinding"): _resource(SINKBINDING_SPEC),
-    (f"{SOURCES}/v1", "PingSource"): _resource(PINGSOURCE_SPEC),
     (f"{CNPG}/v1", "Cluster"): _resource(CNPG_CLUSTER_SPEC),
 }
 
@@ -577,18 +586,20 @@ def shape_problems(value: Any, schema: Schema, path: str) -> list[str]:
 
 
 def check_custom_schemas(objs: Iterable[Obj]) -> list[str]:
-    """Every non-built-in object is a kind with a schema here, and follows it."""
+    """Every non-built-in object is a kind knfn loads (checked against knfn's own known fields)
+    or one with a schema here, and follows it."""
     problems: list[str] = []
     for obj in objs:
         if is_core(obj):
             continue
-        schema = CUSTOM_SCHEMAS.get((str(obj.get("apiVersion")), str(obj.get("kind"))))
-        if schema is None:
-            problems.append(
-                f"{describe(obj)}: no schema for {obj.get('apiVersion')} {obj.get('kind')}"
-            )
-            continue
-        problems.extend(f"{describe(obj)}: {p}" for p in shape_problems(obj, schema, "$"))
+        kind = (str(obj.get("apiVersion")), str(obj.get("kind")))
+        if kind in knfn_schema.KINDS:
+            found = knative_problems(obj, knfn_schema.KINDS[kind])
+        elif kind in CUSTOM_SCHEMAS:
+            found = shape_problems(obj, CUSTOM_SCHEMAS[kind], "$")
+        else:
+            found = [f"no schema for {kind[0]} {kind[1]}"]
+        problems.extend(f"{describe(obj)}: {p}" for p in found)
     return problems
 
 
@@ -596,7 +607,7 @@ def check_custom_schemas(objs: Iterable[Obj]) -> list[str]:
 # Knative Serving rules beyond the shape
 # --------------------------------------------------------------------------------------------
 
-AUTOSCALING = autoscaling.GROUP
+AUTOSCALING = autoscaler_config.GROUP
 MAX_CONTAINER_CONCURRENCY = 1000  # config-defaults container-concurrency-max-limit
 MAX_TIMEOUT_SECONDS = 600  # config-defaults max-revision-timeout-seconds
 # k8s_validation.go reservedEnvVars / reservedPorts (knative.dev/networking constants: 8012,
@@ -608,7 +619,7 @@ RESERVED_PORTS = frozenset({8012, 8013, 8022, 9090, 9091, 8008})
 def parse_go_duration(text: str) -> float | None:
     """Seconds in a Go time.ParseDuration string ("60s", "1m30s", "0"), or None if invalid."""
     try:
-        return autoscaling.parse_duration(text)
+        return autoscaler_config.parse_duration(text)
     except ValueError:
         return None
 
@@ -624,8 +635,8 @@ def check_autoscaling_annotations(
     annotations: Mapping[str, str], where: str, allow_zero_initial_scale: bool = False
 ) -> list[str]:
     """Revision-template autoscaling annotations as Knative's webhook checks them: the same
-    validation knfn applies when it loads the manifests (knfn.autoscaling)."""
-    cfg = autoscaling.AutoscalerConfig(allow_zero_initial_scale=allow_zero_initial_scale)
+    validation knfn applies when it loads the manifests (knfn.serving.autoscaling)."""
+    cfg = autoscaler_config.AutoscalerConfig(allow_zero_initial_scale=allow_zero_initial_scale)
     return [f"{where}: {p}" for p in autoscaling.validate_annotations(annotations, cfg)]
 
 

@@ -11,6 +11,8 @@ import manifest_checks as mc
 import manifest_pipeline as pipeline
 import pytest
 
+from knfn import schema as knfn_schema
+
 
 def changed(objs: list[mc.Obj], described: str, change: Callable[[mc.Obj], None]) -> list[mc.Obj]:
     """A deep copy of `objs` with `change` applied to the object `described`."""
@@ -113,6 +115,16 @@ def test_schema_checks_delivery_and_sinkbinding_fields(dev: list[mc.Obj]) -> Non
     problems = mc.check_custom_schemas(objs)
     assert any("unknown field 'retries'" in p for p in problems)
     assert any("ingest-to-broker" in p and "'sink'" in p for p in problems)
+
+
+def test_rules_beyond_names_only_name_fields_knfn_knows() -> None:
+    """Required fields and off-by-default fields are paths through knfn's own known fields."""
+    kinds = {kind: root for (_, kind), root in knfn_schema.KINDS.items()}
+    paths = [(kind, p) for kind, rules in mc.REQUIRED.items() for p in rules]
+    paths += [("Service", p) for p in mc.OFF_BY_DEFAULT]
+    paths += [(kind, p) for kind in mc.REQUIRED for p in mc.REQUIRED_OF_EVERY]
+    assert [(kind, p) for kind, p in paths if not mc.names_known_fields(kinds[kind], p)] == []
+    assert not mc.names_known_fields(kinds["Service"], "spec.template.spec.containers[].imag")
 
 
 # ---- Serving rules --------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from knfn import ports
-from knfn.backing import postgres, services
+from knfn.backing import postgres, process, s3, services
 from knfn.backing.services import Health
 from knfn.backing.supervise import Action, Watch
 from knfn.errors import PortInUseError
@@ -143,3 +143,15 @@ def test_no_postmaster_when_pid_file_names_a_dead_or_foreign_process(tmp_path: P
     assert postgres.postmaster(tmp_path) is None  # this pid is python, not postgres
     pid_file.write_text("999999999\n/x\n0\n5432\n")
     assert postgres.postmaster(tmp_path) is None
+
+
+def test_log_since_reads_what_came_after_the_offset(tmp_path: Path) -> None:
+    """A start's bind check reads only its own lines of the server log; no log reads as ""."""
+    log = tmp_path / "server.log"
+    log.write_bytes(b"old: address already in use\n")
+    offset = log.stat().st_size
+    with open(log, "ab") as out:
+        out.write(b"new: listening \xff\n")
+    assert process.log_since(log, offset) == "new: listening \ufffd\n"
+    assert not s3._bind_failed(log, offset) and s3._bind_failed(log, 0)
+    assert process.log_since(tmp_path / "missing.log", 0) == ""
