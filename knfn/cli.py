@@ -13,9 +13,10 @@ from typing import Any, TypeVar
 
 import click
 
-from knfn import budget, ports
+from knfn import ports
 from knfn.backing import services
 from knfn.errors import KnfnError
+from knfn.serving import budget
 from knfn.settings import Settings
 from knfn.statelock import StateLock
 
@@ -182,7 +183,7 @@ def admin_buckets(settings: Settings, names: tuple[str, ...]) -> None:
 
 
 class LocalDuration(click.ParamType[float, Any]):
-    """A local-only autoscaler setting (knfn/autoscaling.py): a Go duration, checked there."""
+    """A local-only autoscaler setting (knfn/serving/autoscaler_config.py): a Go duration."""
 
     name = "duration"
 
@@ -194,16 +195,16 @@ class LocalDuration(click.ParamType[float, Any]):
     ) -> float:
         if isinstance(value, float):
             return value
-        from knfn import autoscaling
+        from knfn.serving import autoscaler_config
 
         try:
-            return autoscaling.parse_local_override(self.variable, str(value))
+            return autoscaler_config.parse_local_override(self.variable, str(value))
         except ValueError as exc:
             self.fail(f"{value!r}: {exc}", param, ctx)
 
 
 class MemorySize(click.ParamType["budget.Reserve", Any]):
-    """The memory reserve: a percentage of the machine's memory, or bytes (knfn/budget.py)."""
+    """The memory reserve: a share of the machine's memory, or bytes (knfn/serving/budget.py)."""
 
     name = "size"
 
@@ -336,14 +337,15 @@ def dev_command(
 
     import uvloop
 
-    from knfn import autoscaling, dev
+    from knfn import dev
     from knfn.logs import Printer
+    from knfn.serving import autoscaler_config
 
     options = dev.DevOptions(
         port, admin_port, watch, dict(os.environ), dispatchers, shutdown_timeout, max_event_bytes,
         listeners=listeners, replica_start=replica_start,
         caps=budget.Caps(max_replicas_per_revision, max_replicas, memory_reserve),
-        autoscaler=autoscaling.LocalOverrides(
+        autoscaler=autoscaler_config.LocalOverrides(
             autoscaler_stable_window, autoscaler_scale_to_zero_grace, autoscaler_tick
         ),
     )  # fmt: skip

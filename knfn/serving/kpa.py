@@ -42,7 +42,8 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from knfn.autoscaling import BUCKET_SIZE, RPS, RevisionScaling
+from knfn.serving.autoscaler_config import BUCKET_SIZE, RPS
+from knfn.serving.autoscaling import RevisionScaling
 
 # bucketing.go rounds window averages to 6 digits, so that 209.9999999 over a target of 70
 # does not become 4 replicas.
