@@ -444,15 +444,11 @@ class Seconds(click.ParamType[float, Any]):
     ) -> float:
         if isinstance(value, int | float):
             return float(value)
-        from knfn import autoscaling
+        from knfn.serving.autoscaler_config import parse_duration
 
         text = str(value).strip()
         try:
-            seconds = (
-                float(text)
-                if text.replace(".", "", 1).isdigit()
-                else (autoscaling.parse_duration(text))
-            )
+            seconds = float(text) if text.replace(".", "", 1).isdigit() else parse_duration(text)
         except ValueError as exc:
             self.fail(f"{value!r}: {exc}", param, ctx)
         if seconds < 0:
