@@ -16,6 +16,7 @@ container logs (``containerLogMaxSize``, keeping a few files; here one).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -42,8 +43,13 @@ def service_of(prefix: str) -> str | None:
 
 def timestamp(seconds: float) -> str:
     """Epoch seconds as ``2026-12-02T03:01:02.123Z``."""
-    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    return f"{whole}.{int(seconds * 1000) % 1000:03d}Z"
+    return f"{_whole_second(int(seconds))}.{int(seconds * 1000) % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _whole_second(second: int) -> str:
+    # Formatted once a second, not once a line: the printer's hot path.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 @dataclass(frozen=True)
