@@ -16,6 +16,7 @@ import click
 from knfn import ports
 from knfn.backing import services
 from knfn.errors import KnfnError
+from knfn.logs import DEFAULT_PRINT, PrintFilter
 from knfn.serving import budget
 from knfn.settings import Settings
 from knfn.statelock import StateLock
@@ -232,6 +233,27 @@ def local_autoscaler_option(flag: str, variable: str, example: str, what: str) -
     )
 
 
+def _print_filter(ctx: click.Context, param: click.Parameter, value: str) -> PrintFilter:
+    try:
+        return PrintFilter.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+
+
+print_option = click.option(
+    "--print",
+    "print_filter",
+    envvar="KNFN_PRINT",
+    show_envvar=True,
+    metavar="SERVICES",
+    default=DEFAULT_PRINT,
+    show_default=True,
+    callback=_print_filter,
+    help="Whose lines to print besides knfn's own: Service names separated by commas, `all` "
+    "or `none`. Every line still goes to the log files (`knfn logs SERVICE`).",
+)
+
+
 @main.command("dev")
 @gateway_port
 @admin_port_option
@@ -307,6 +329,7 @@ def local_autoscaler_option(flag: str, variable: str, example: str, what: str) -
 @local_autoscaler_option(
     "--autoscaler-tick", "KNFN_AUTOSCALER_TICK", "500ms", "how often the autoscaler decides"
 )
+@print_option
 @pass_settings
 @handle_errors
 def dev_command(
@@ -324,8 +347,13 @@ def dev_command(
     autoscaler_stable_window: float | None,
     autoscaler_scale_to_zero_grace: float | None,
     autoscaler_tick: float | None,
+    print_filter: PrintFilter,
 ) -> None:
-    """Run the whole system: backing services, admin processes, every Service, the gateway."""
+    """Run the whole system: backing services, admin processes, every Service, the gateway.
+
+    Prints knfn's own lines and, by default, event-display's (--print chooses the Services);
+    every line of every replica is kept under <state dir>/logs/, read with `knfn logs SERVICE`.
+    """
     # Checked before anything starts, so a clash costs one line and leaves nothing running:
     # the state directory is ours alone, the gateway and admin ports are bound (and so kept)
     # now, and explicit backing-service ports are free or held by our own servers.
@@ -338,6 +366,7 @@ def dev_command(
     import uvloop
 
     from knfn import dev
+    from knfn.logfiles import LogFiles
     from knfn.logs import Printer
     from knfn.serving import autoscaler_config
 
@@ -349,9 +378,13 @@ def dev_command(
             autoscaler_stable_window, autoscaler_scale_to_zero_grace, autoscaler_tick
         ),
     )  # fmt: skip
+    files = LogFiles(settings.state_dir / "logs")
+    say(f"printing knfn's lines and {print_filter.describe()} (--print); every line goes to "
+        f"{files.root}, read with `knfn logs SERVICE`")  # fmt: skip
     try:
-        uvloop.run(dev.run(settings, options, Printer()))
+        uvloop.run(dev.run(settings, options, Printer(files=files, shows=print_filter)))
     finally:
+        files.close()
         lock.release()
 
 
@@ -432,6 +465,71 @@ def invoke_command(
     )  # fmt: skip
     out, err = partial(click.echo, nl=False), partial(click.echo, err=True)
     sys.exit(invoke.run(options, timeout=timeout, quiet=quiet, verbose=verbose, out=out, err=err))
+
+
+@main.command("logs")
+@click.argument("service")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they come.")
+@click.option("--revision", metavar="REVISION", help="Only this revision's lines.")
+@click.option(
+    "-n",
+    "--tail",
+    "lines",
+    type=click.IntRange(min=-1),
+    default=-1,
+    show_default=True,
+    help="Lines to show from the end of the log; -1: all.",
+)
+@click.option("--timestamps", is_flag=True, help="Start each line with its time (UTC).")
+@pass_settings
+@handle_errors
+def logs_command(
+    settings: Settings,
+    service: str,
+    follow: bool,
+    revision: str | None,
+    lines: int,
+    timestamps: bool,
+) -> None:
+    """Print a Service's log lines, as `knfn dev` keeps them (like `kubectl logs`).
+
+    Reads <state dir>/logs/services/SERVICE.log (and the rotated SERVICE.log.1); knfn's own
+    lines are in <state dir>/logs/knfn.log.
+    """
+    from knfn import logfiles
+
+    try:
+        logfiles.show(
+            settings.state_dir / "logs", service, click.echo, revision=revision,
+            lines=None if lines < 0 else lines, follow=follow, timestamps=timestamps,
+            tty=sys.stdout.isatty(),
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@main.command("events")
+@admin_port_option
+@click.option("-f", "--follow", is_flag=True, help="Keep printing deliveries as they happen.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=20,
+    show_default=True,
+    help="How many of the latest deliveries to print first.",
+)
+@handle_errors
+def events_command(admin_port: int, follow: bool, limit: int) -> None:
+    """The broker's deliveries of a running `knfn dev`, one line each: time, event id, type,
+    trigger, state, status, attempts and latency (a line again when a delivery changes)."""
+    from knfn import deliveries
+
+    try:
+        deliveries.run(
+            lambda n: deliveries.fetch(admin_port, n), click.echo, limit=limit, follow=follow
+        )
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 class Seconds(click.ParamType[float, Any]):

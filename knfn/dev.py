@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from knfn import admin, admin_api, manifests, server, watch
+from knfn import admin, admin_api, manifests, metrics, server, watch
 from knfn.backing import services
 from knfn.backing.supervise import supervise
 from knfn.errors import KnfnError
@@ -183,6 +183,7 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
             templates=options.replica_start == "fork" and template.supported(),
         )
         serving = Serving(ctx, m)
+        metrics.KNATIVE_AUTOSCALER.watch(serving.autoscaling)
         await serving.apply(m)
 
         # 4. Eventing, once the schema is there: deliveries go through the gateway, so a

@@ -72,6 +72,7 @@ class Context:
     functions_dir: Path
     new_replica: Callable[[ReplicaSpec], ReplicaHandle]  # replica.Replica, as new_decider
     clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time  # only to show the clock's moments as dates
     # Injected with the clock so that serving is tested without processes, sockets or waiting
     # (tests/unit/fakes.py).
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep

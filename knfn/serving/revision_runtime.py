@@ -17,6 +17,7 @@ from knfn import manifests as mf
 from knfn import metrics
 from knfn.serving import budget
 from knfn.serving.context import ReplicaHandle
+from knfn.serving.kpa_status import autoscaler_status
 from knfn.serving.replica import ReplicaError, ReplicaSpec
 from knfn.serving.replica_env import resolve
 from knfn.serving.revision import Revision
@@ -63,6 +64,7 @@ class RevisionRuntime:
         self._backoff = 0.0
         self._not_before = 0.0
         self._cold_since: float | None = None
+        self.cold_starts = 0  # replicas made ready while the revision had none ready
         self._tasks: set[asyncio.Task[Any]] = set()
         self._labels = (service.namespace, service.name, revision.name)
         self.template = self._new_template()
@@ -215,6 +217,7 @@ class RevisionRuntime:
             return
         slot.endpoint = self.throttler.add(replica.url)
         if self._cold_since is not None:
+            self.cold_starts += 1
             metrics.COLD_STARTS.labels(*self._labels).inc()
             metrics.COLD_START_SECONDS.labels(*self._labels).observe(
                 self.ctx.clock() - self._cold_since
@@ -268,6 +271,32 @@ class RevisionRuntime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    @property
+    def requested(self) -> int:
+        """The scale the revision asks for: its autoscaler's, 0 once no route reaches it."""
+        return self.desired if self.routable else 0
+
+    def autoscaler_status(self) -> dict[str, Any]:
+        """What the KPA decides from (kpa_status.py), as of its latest decision."""
+        return autoscaler_status(
+            self.decider.scaling,
+            self.decider.last,
+            ready_pods=self.ready,
+            requested_pods=self.requested,
+            now=self.ctx.clock(),
+            wall_now=self.ctx.wall_clock(),
+        )
+
+    def autoscaling(self) -> metrics.RevisionAutoscaling:
+        """The revision for Knative's autoscaler metrics (knfn/metrics.py)."""
+        active, ready = self.active, self.ready
+        return metrics.RevisionAutoscaling(
+            self.service.namespace, self.service.name, self.revision.name,
+            self.autoscaler_status(), self.requested, not_ready=active - ready,
+            pending=max(0, self.requested - active),
+            terminating=sum(1 for s in self.slots if s.stopping),
+        )  # fmt: skip
+
     def status(self, percent: int, tag: str | None) -> dict[str, Any]:
         return {
             "name": self.revision.name,
@@ -282,6 +311,8 @@ class RevisionRuntime:
             "container_concurrency": self.service.container_concurrency,
             "capped_at": self.capped_at,
             "capped_by": self.capped_by,
+            "autoscaler": self.autoscaler_status(),
+            "cold_starts": self.cold_starts,
             "replicas": [
                 {
                     "name": s.replica.name,

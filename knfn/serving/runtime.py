@@ -133,6 +133,10 @@ class Serving:
     def runtimes(self) -> list[RevisionRuntime]:
         return [rt for s in self.services.values() for rt in s.revisions.values()]
 
+    def autoscaling(self) -> list[metrics.RevisionAutoscaling]:
+        """Every routed revision for Knative's autoscaler metrics (knfn/metrics.py)."""
+        return [rt.autoscaling() for rt in self.runtimes()]
+
     async def run(self, tick: float, stop: asyncio.Event) -> None:
         """Every second feed the autoscalers; every tick let them decide; every few seconds
         measure what a replica of each revision costs."""

@@ -56,6 +56,12 @@ class ScriptedClock:
     def __call__(self) -> float:
         return self.now
 
+    # Epoch seconds when the clock reads 0: its wall-clock twin, for dates in /status.
+    WALL_ORIGIN = 1_800_000_000.0
+
+    def wall(self) -> float:
+        return self.WALL_ORIGIN + self.now
+
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -323,6 +329,7 @@ def world(tmp_path: Path, *, ready_at_once: bool = False) -> World:
         functions_dir=tmp_path,
         new_replica=replicas,
         clock=clock,
+        wall_clock=clock.wall,
         sleep=clock.sleep,
         pick_port=lambda: next(ports),
         memory=lambda _reserve: None,  # no memory bound: this machine's /proc stays out of it
