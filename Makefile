@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup dev test test-fast lint fmt bench clean reset
+.PHONY: setup dev demo test test-fast lint fmt bench clean reset
 
 setup: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml functions/kit/pyp
 
 dev: setup
 	$(BIN)/knfn dev
+
+# Knative's autoscale-go load on hello (50 clients, 30 s), then until it is back at zero;
+# uses the running `make dev` (or starts one) and writes .knfn/demo/autoscale.png.
+demo: setup
+	$(BIN)/knfn demo
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,9 +1,11 @@
-"""``knfn admin``: the one-off admin processes, against the running backing services."""
+"""``knfn admin``: the one-off admin processes, against the running backing services.
+
+The function kit (and with it Flask, structlog, boto3) is imported when a step runs, not with
+this module: ``knfn dev`` imports it on start-up, where every 100 ms counts, and runs the steps
+in a thread beside the rest of its start.
+"""
 
 from __future__ import annotations
-
-import psycopg
-from kit import admin as kit_admin
 
 from knfn.backing.services import BackingEnv
 from knfn.errors import KnfnError
@@ -17,6 +19,9 @@ def migrate(settings: Settings, backing: BackingEnv) -> list[str]:
     """
     if not settings.migrations_dir.is_dir():
         return []
+    import psycopg
+    from kit import admin as kit_admin
+
     try:
         migrations = kit_admin.discover(settings.migrations_dir)
         return kit_admin.migrate(backing.database_url, migrations)
@@ -26,6 +31,8 @@ def migrate(settings: Settings, backing: BackingEnv) -> list[str]:
 
 def buckets(backing: BackingEnv, names: list[str]) -> list[str]:
     """Create the configured buckets that are missing; returns what was created."""
+    from kit import admin as kit_admin
+
     client = kit_admin.s3_client_from_env(backing.function_env())
     try:
         return kit_admin.ensure_buckets(client, names)

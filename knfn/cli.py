@@ -13,9 +13,11 @@ from typing import Any, TypeVar
 
 import click
 
-from knfn import budget, ports
+from knfn import ports
 from knfn.backing import services
 from knfn.errors import KnfnError
+from knfn.logs import DEFAULT_PRINT, PrintFilter
+from knfn.serving import budget
 from knfn.settings import Settings
 from knfn.statelock import StateLock
 
@@ -182,7 +184,7 @@ def admin_buckets(settings: Settings, names: tuple[str, ...]) -> None:
 
 
 class LocalDuration(click.ParamType[float, Any]):
-    """A local-only autoscaler setting (knfn/autoscaling.py): a Go duration, checked there."""
+    """A local-only autoscaler setting (knfn/serving/autoscaler_config.py): a Go duration."""
 
     name = "duration"
 
@@ -194,16 +196,16 @@ class LocalDuration(click.ParamType[float, Any]):
     ) -> float:
         if isinstance(value, float):
             return value
-        from knfn import autoscaling
+        from knfn.serving import autoscaler_config
 
         try:
-            return autoscaling.parse_local_override(self.variable, str(value))
+            return autoscaler_config.parse_local_override(self.variable, str(value))
         except ValueError as exc:
             self.fail(f"{value!r}: {exc}", param, ctx)
 
 
 class MemorySize(click.ParamType["budget.Reserve", Any]):
-    """The memory reserve: a percentage of the machine's memory, or bytes (knfn/budget.py)."""
+    """The memory reserve: a share of the machine's memory, or bytes (knfn/serving/budget.py)."""
 
     name = "size"
 
@@ -229,6 +231,27 @@ def local_autoscaler_option(flag: str, variable: str, example: str, what: str) -
         help=f"Local only, never in a cluster: {what} (e.g. {example}) "
         "[default: config-autoscaler's].",
     )
+
+
+def _print_filter(ctx: click.Context, param: click.Parameter, value: str) -> PrintFilter:
+    try:
+        return PrintFilter.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+
+
+print_option = click.option(
+    "--print",
+    "print_filter",
+    envvar="KNFN_PRINT",
+    show_envvar=True,
+    metavar="SERVICES",
+    default=DEFAULT_PRINT,
+    show_default=True,
+    callback=_print_filter,
+    help="Whose lines to print besides knfn's own: Service names separated by commas, `all` "
+    "or `none`. Every line still goes to the log files (`knfn logs SERVICE`).",
+)
 
 
 @main.command("dev")
@@ -306,6 +329,7 @@ def local_autoscaler_option(flag: str, variable: str, example: str, what: str) -
 @local_autoscaler_option(
     "--autoscaler-tick", "KNFN_AUTOSCALER_TICK", "500ms", "how often the autoscaler decides"
 )
+@print_option
 @pass_settings
 @handle_errors
 def dev_command(
@@ -323,8 +347,13 @@ def dev_command(
     autoscaler_stable_window: float | None,
     autoscaler_scale_to_zero_grace: float | None,
     autoscaler_tick: float | None,
+    print_filter: PrintFilter,
 ) -> None:
-    """Run the whole system: backing services, admin processes, every Service, the gateway."""
+    """Run the whole system: backing services, admin processes, every Service, the gateway.
+
+    Prints knfn's own lines and, by default, event-display's (--print chooses the Services);
+    every line of every replica is kept under <state dir>/logs/, read with `knfn logs SERVICE`.
+    """
     # Checked before anything starts, so a clash costs one line and leaves nothing running:
     # the state directory is ours alone, the gateway and admin ports are bound (and so kept)
     # now, and explicit backing-service ports are free or held by our own servers.
@@ -336,20 +365,26 @@ def dev_command(
 
     import uvloop
 
-    from knfn import autoscaling, dev
+    from knfn import dev
+    from knfn.logfiles import LogFiles
     from knfn.logs import Printer
+    from knfn.serving import autoscaler_config
 
     options = dev.DevOptions(
         port, admin_port, watch, dict(os.environ), dispatchers, shutdown_timeout, max_event_bytes,
         listeners=listeners, replica_start=replica_start,
         caps=budget.Caps(max_replicas_per_revision, max_replicas, memory_reserve),
-        autoscaler=autoscaling.LocalOverrides(
+        autoscaler=autoscaler_config.LocalOverrides(
             autoscaler_stable_window, autoscaler_scale_to_zero_grace, autoscaler_tick
         ),
     )  # fmt: skip
+    files = LogFiles(settings.state_dir / "logs")
+    say(f"printing knfn's lines and {print_filter.describe()} (--print); every line goes to "
+        f"{files.root}, read with `knfn logs SERVICE`")  # fmt: skip
     try:
-        uvloop.run(dev.run(settings, options, Printer()))
+        uvloop.run(dev.run(settings, options, Printer(files=files, shows=print_filter)))
     finally:
+        files.close()
         lock.release()
 
 
@@ -430,6 +465,266 @@ def invoke_command(
     )  # fmt: skip
     out, err = partial(click.echo, nl=False), partial(click.echo, err=True)
     sys.exit(invoke.run(options, timeout=timeout, quiet=quiet, verbose=verbose, out=out, err=err))
+
+
+@main.command("logs")
+@click.argument("service")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they come.")
+@click.option("--revision", metavar="REVISION", help="Only this revision's lines.")
+@click.option(
+    "-n",
+    "--tail",
+    "lines",
+    type=click.IntRange(min=-1),
+    default=-1,
+    show_default=True,
+    help="Lines to show from the end of the log; -1: all.",
+)
+@click.option("--timestamps", is_flag=True, help="Start each line with its time (UTC).")
+@pass_settings
+@handle_errors
+def logs_command(
+    settings: Settings,
+    service: str,
+    follow: bool,
+    revision: str | None,
+    lines: int,
+    timestamps: bool,
+) -> None:
+    """Print a Service's log lines, as `knfn dev` keeps them (like `kubectl logs`).
+
+    Reads <state dir>/logs/services/SERVICE.log (and the rotated SERVICE.log.1); knfn's own
+    lines are in <state dir>/logs/knfn.log.
+    """
+    from knfn import logfiles
+
+    try:
+        logfiles.show(
+            settings.state_dir / "logs", service, click.echo, revision=revision,
+            lines=None if lines < 0 else lines, follow=follow, timestamps=timestamps,
+            tty=sys.stdout.isatty(),
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@main.command("events")
+@admin_port_option
+@click.option("-f", "--follow", is_flag=True, help="Keep printing deliveries as they happen.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=20,
+    show_default=True,
+    help="How many of the latest deliveries to print first.",
+)
+@handle_errors
+def events_command(admin_port: int, follow: bool, limit: int) -> None:
+    """The broker's deliveries of a running `knfn dev`, one line each: time, event id, type,
+    trigger, state, status, attempts and latency (a line again when a delivery changes)."""
+    from knfn import deliveries
+
+    try:
+        deliveries.run(
+            lambda n: deliveries.fetch(admin_port, n), click.echo, limit=limit, follow=follow
+        )
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+class Seconds(click.ParamType[float, Any]):
+    """A duration: a Go duration (30s, 1m30s, 500ms) or a number of seconds."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        from knfn.serving.autoscaler_config import parse_duration
+
+        text = str(value).strip()
+        try:
+            seconds = float(text) if text.replace(".", "", 1).isdigit() else parse_duration(text)
+        except ValueError as exc:
+            self.fail(f"{value!r}: {exc}", param, ctx)
+        if seconds < 0:
+            self.fail(f"{value!r}: a duration cannot be negative", param, ctx)
+        return seconds
+
+
+class ErrorBudget(click.ParamType[float, Any]):
+    """--max-errors: a fraction (0.01) or a percentage (1%)."""
+
+    name = "fraction"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        from knfn.load.stats import parse_error_budget
+
+        try:
+            return parse_error_budget(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@main.command("load")
+@click.argument("service")
+@gateway_port
+@admin_port_option
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(1, 10_000),
+    default=50,
+    show_default=True,
+    help="Closed loop: this many clients, each sending again as soon as it is answered.",
+)
+@click.option(
+    "--rps",
+    type=click.FloatRange(min=0, min_open=True, max=100_000),
+    default=None,
+    help="Open loop instead: this many requests a second at fixed times, answered or not; "
+    "latency counts from each request's due time.",
+)
+@click.option(
+    "-d",
+    "--duration",
+    type=Seconds(),
+    default="30s",
+    show_default=True,
+    help="How long to send (30s, 1m, 500ms, or seconds).",
+)
+@click.option("--path", help="Path (and query) on the Service [default: /].")
+@click.option("-X", "--method", help="[default: GET; POST with --data]")
+@click.option("--data", metavar="TEXT|@FILE|@-", help="The body of every request.")
+@click.option(
+    "--host",
+    metavar="HOST",
+    help="Route by this host instead, e.g. a tag's: candidate-hello.default.",
+)
+@click.option(
+    "--timeout",
+    envvar="KNFN_LOAD_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds a request may take, a cold start included (env KNFN_LOAD_TIMEOUT).",
+)
+@click.option(
+    "--max-errors",
+    envvar="KNFN_LOAD_MAX_ERRORS",
+    type=ErrorBudget(),
+    default="1%",
+    show_default=True,
+    help="Exit 1 when more than this share of requests fail (4xx, 5xx, no answer): 1% or "
+    "0.01 (env KNFN_LOAD_MAX_ERRORS).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write DIR/load.csv (one row a second) and DIR/load.png (the plot).",
+)
+@click.option(
+    "--tail",
+    type=Seconds(),
+    default="0s",
+    show_default=True,
+    help="After the load, keep recording replicas this long, or until the Service is at zero.",
+)
+@click.pass_context
+@handle_errors
+def load_command(
+    ctx: click.Context,
+    service: str,
+    port: int,
+    admin_port: int,
+    concurrency: int,
+    rps: float | None,
+    duration: float,
+    path: str | None,
+    method: str | None,
+    data: str | None,
+    host: str | None,
+    timeout: float,
+    max_errors: float,
+    out: Path | None,
+    tail: float,
+) -> None:
+    """Put HTTP load on a Service and watch its revisions scale.
+
+    SERVICE is named as for `knfn invoke` (hello, hello.default). While it runs: requests/s,
+    answers by status, p50/p90/p99, and per revision desired and ready replicas, panic mode
+    and cold starts from the admin API (one plain line a second without a terminal). Then a
+    summary. Exits 0, or 1 when the error rate is above --max-errors.
+    """
+    from rich.console import Console
+
+    from knfn import invoke
+    from knfn.load import LoadUsageError, command, engine
+
+    given = ctx.get_parameter_source("concurrency") is not click.core.ParameterSource.DEFAULT
+    if rps is not None and given:
+        raise LoadUsageError(
+            "-c/--concurrency and --rps: choose a closed loop of N clients or an open loop "
+            "at R requests a second, not both"
+        )
+    if duration <= 0:
+        raise LoadUsageError(f"--duration {duration:g}: must be more than zero")
+    payload = invoke.read_data(data, sys.stdin.buffer) if data is not None else None
+    request = engine.build_request(
+        service, port=port, method=method, path=path, data=payload, host=host
+    )
+    plan = engine.LoadPlan(
+        request, duration, concurrency=concurrency, rps=rps, timeout=timeout,
+        admin_port=admin_port, tail=tail,
+    )  # fmt: skip
+    output = command.Output(out) if out is not None else None
+    _, verdict = command.run(plan, max_errors, output, Console())
+    sys.exit(0 if verdict.ok else 1)
+
+
+@main.command("demo")
+@gateway_port
+@admin_port_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where autoscale.csv and autoscale.png go [default: <state dir>/demo].",
+)
+@click.option(
+    "--tail",
+    type=Seconds(),
+    default="240s",
+    show_default=True,
+    help="The longest the replicas are recorded after the load (it stops at zero).",
+)
+@pass_settings
+@handle_errors
+def demo_command(
+    settings: Settings, port: int, admin_port: int, out: Path | None, tail: float
+) -> None:
+    """Knative's autoscale-go sample on hello: 50 clients for 30 s, then scale to zero.
+
+    Uses the knfn dev answering on --admin-port, or starts one and stops it after. Prints
+    the live view, then the summary, and writes the CSV and the plot.
+    """
+    from rich.console import Console
+
+    from knfn.load import command, demo
+
+    options = demo.DemoOptions(port, admin_port, out or settings.state_dir / "demo", tail)
+    with demo.knfn_dev(settings, options, say):
+        _, verdict = command.run(
+            demo.plan(options), 0.01, command.Output(options.out, "autoscale"), Console()
+        )
+    sys.exit(0 if verdict.ok else 1)
 
 
 @main.command("reset")

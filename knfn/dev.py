@@ -1,9 +1,12 @@
 """``knfn dev``: the whole system on one machine, up in order and down in reverse.
 
-Start-up: 1. backing services (or the external ones), 2. migrations and buckets (the admin
-processes), 3. Serving: a revision per Service and its initial replicas, 4. Eventing: the
-broker's store and dispatchers, 5. the gateway (with the broker ingress) and the admin API,
-6. the autoscaler loop (and, with --watch, the watcher).
+Start-up, each step as soon as what it needs is there, not later: 1. backing services (or the
+external ones): Postgres and S3 at once, 2. migrations (once Postgres is up) and buckets (once
+S3 is), the admin processes, beside 3. Serving: a revision per Service and its initial replicas
+(they import their function while the rest starts), 4. Eventing, after the migrations: the
+broker's store and dispatchers, 5. after the buckets, the gateway (with the broker ingress) and
+the admin API, 6. the autoscaler loop, the backing services' supervisor (and, with --watch, the
+watcher). Ready once every Service's first revision is.
 
 Shutdown (:func:`shut_down`) is one owner running numbered steps under one deadline: 1. stop
 accepting events (the broker ingress and flows answer 503), 2. stop the dispatchers (attempts in
@@ -23,28 +26,36 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from knfn import admin, admin_api, autoscaling, manifests, server, template, watch
+from knfn import admin, admin_api, manifests, metrics, server, watch
 from knfn.backing import services
 from knfn.backing.supervise import supervise
-from knfn.budget import Caps
 from knfn.errors import KnfnError
 from knfn.eventing import config as eventing_config
 from knfn.eventing.runtime import Eventing
 from knfn.gateway import Gateway
-from knfn.kpa import Autoscaler
 from knfn.logs import Printer
-from knfn.replica_env import SecretValues
-from knfn.replica_records import ReplicaRecords
-from knfn.revisions import RevisionStore
-from knfn.serving import Context, Serving
+from knfn.serving import autoscaling, template
+from knfn.serving.autoscaler_config import (
+    AutoscalerConfig,
+    AutoscalingError,
+    LocalOverrides,
+    with_local_overrides,
+)
+from knfn.serving.budget import Caps
+from knfn.serving.context import Context
+from knfn.serving.kpa import Autoscaler
+from knfn.serving.replica import Replica
+from knfn.serving.replica_env import SecretValues
+from knfn.serving.replica_records import ReplicaRecords
+from knfn.serving.revision import RevisionStore
+from knfn.serving.runtime import Serving
 from knfn.settings import Settings
-from knfn.supervisor import Replica
 
 READY_TIMEOUT = 90.0
 # Shutdown: attempts in flight may end within this; then they are cut short and released.
@@ -64,9 +75,9 @@ class DevOptions:
     max_event_bytes: int = 1024 * 1024
     # Ports the CLI already bound (so a busy one failed before anything started), by port.
     listeners: Mapping[int, socket.socket] = field(default_factory=dict)
-    replica_start: str = "fork"  # or "spawn": no templates (knfn/template.py)
-    caps: Caps = field(default_factory=Caps)  # the replica budget (knfn/budget.py)
-    autoscaler: autoscaling.LocalOverrides = field(default_factory=autoscaling.LocalOverrides)
+    replica_start: str = "fork"  # or "spawn": no templates (knfn/serving/template.py)
+    caps: Caps = field(default_factory=Caps)  # the replica budget (knfn/serving/budget.py)
+    autoscaler: LocalOverrides = field(default_factory=LocalOverrides)
 
 
 def _status(serving: Serving, eventing: Eventing) -> admin_api.Status:
@@ -87,15 +98,13 @@ def configured_buckets(m: manifests.Manifests) -> list[str]:
     return sorted(names)
 
 
-def autoscaler_config(
-    m: manifests.Manifests, overrides: autoscaling.LocalOverrides
-) -> autoscaling.AutoscalerConfig:
+def autoscaler_config(m: manifests.Manifests, overrides: LocalOverrides) -> AutoscalerConfig:
     """config-autoscaler from the manifests (as in the cluster), then the local-only overrides."""
     data = m.config_maps.get(("knative-serving", "config-autoscaler"), {})
     try:
-        cfg = autoscaling.AutoscalerConfig.from_configmap(data)
-        return autoscaling.with_local_overrides(cfg, overrides)
-    except autoscaling.AutoscalingError as exc:
+        cfg = AutoscalerConfig.from_configmap(data)
+        return with_local_overrides(cfg, overrides)
+    except AutoscalingError as exc:
         raise KnfnError(f"ConfigMap knative-serving/config-autoscaler: {exc}") from exc
 
 
@@ -106,29 +115,47 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
     scaler_cfg = autoscaler_config(m, options.autoscaler)
     loop = asyncio.get_running_loop()
 
-    # 1. Backing services (blocking calls: run them off the loop).
-    backing = await loop.run_in_executor(
-        None, services.up, settings.backing, lambda m: say.line("knfn", m), services.DEV
-    )
-    for name in backing.started:
-        say.line("knfn", f"started {name}")
-
     signals = Signals()
     stop = signals.stop
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, signals.received)
     halt = asyncio.Event()  # the background loops run on until the replicas are stopped
+    report = lambda message: say.line("knfn", message)  # noqa: E731
+
+    # 1. Backing services, both at once (blocking calls: run off the loop). Serving needs
+    #    Postgres (revision history, broker queues); S3 only has to be up before knfn is ready:
+    #    the functions connect when they serve, and the buckets step waits for it.
+    startup = await loop.run_in_executor(
+        None, services.Startup, settings.backing, report, services.DEV
+    )
 
     serving: Serving | None = None
     eventing: Eventing | None = None
     runners: list[web.AppRunner] = []
     background: list[asyncio.Task[None]] = []
+    admin_steps: list[asyncio.Future[None]] = []
     try:
-        # 2. Admin processes, as the cluster's Jobs would run them.
-        applied = await loop.run_in_executor(None, admin.migrate, settings, backing)
-        say.line("knfn", f"migrations applied: {len(applied)}")
-        created = await loop.run_in_executor(None, admin.buckets, backing, configured_buckets(m))
-        say.line("knfn", f"buckets created: {len(created)}")
+        await loop.run_in_executor(None, startup.postgres)
+        if "postgres" in startup.started():
+            say.line("knfn", "started postgres")
+        # S3 at the port it is starting on (a port taken meanwhile moves it: see step 5).
+        backing = startup.env(startup.s3_planned)
+
+        # 2. Admin processes, as the cluster's Jobs would run them, beside Serving's start:
+        #    the migrations need Postgres only, the buckets S3.
+        async def migrate() -> None:
+            applied = await loop.run_in_executor(None, admin.migrate, settings, backing)
+            say.line("knfn", f"migrations applied: {len(applied)}")
+
+        async def buckets() -> None:
+            await loop.run_in_executor(None, startup.s3)
+            if "s3" in startup.started():
+                say.line("knfn", "started s3")
+            names = configured_buckets(m)
+            created = await loop.run_in_executor(None, admin.buckets, startup.env(), names)
+            say.line("knfn", f"buckets created: {len(created)}")
+
+        admin_steps = [asyncio.ensure_future(migrate()), asyncio.ensure_future(buckets())]
 
         # 3. Serving: a revision per Service, its initial replicas (after stopping what a
         #    killed run left of its replicas).
@@ -141,9 +168,7 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         ctx = Context(
             printer=say,
             store=store,
-            values=SecretValues(
-                backing.function_env(), options.host_env, settings.state_dir / "secrets.json"
-            ),
+            values=_secret_values(backing, options, settings),
             proxy_url=f"http://127.0.0.1:{options.port}",
             host_env=options.host_env,
             argv=(str(Path(sys.executable).parent / "functions-framework"),),
@@ -158,9 +183,12 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
             templates=options.replica_start == "fork" and template.supported(),
         )
         serving = Serving(ctx, m)
+        metrics.KNATIVE_AUTOSCALER.watch(serving.autoscaling)
         await serving.apply(m)
 
-        # 4. Eventing: deliveries go through the gateway, so a function at zero is started.
+        # 4. Eventing, once the schema is there: deliveries go through the gateway, so a
+        #    function at zero is started.
+        await admin_steps[0]
         eventing = Eventing(
             backing.knfn_database_url,
             brokers,
@@ -171,7 +199,18 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         )
         await eventing.start()
 
-        # 5. The gateway (with the broker ingress at its Knative address) and the admin API.
+        # 5. Once S3 is up and has its buckets (until then, deliveries wait on the gateway's
+        #    bound socket), the gateway (with the broker ingress at its Knative address) and
+        #    the admin API.
+        await admin_steps[1]
+        if (moved := startup.env()).s3_endpoint_url != backing.s3_endpoint_url:
+            # Its port was taken while it started (another knfn starting beside this one):
+            # the functions were given the old address, so they start again with the new one.
+            say.line("knfn", f"s3 moved to {moved.s3_endpoint_url}: restarting the functions")
+            await serving.stop()
+            backing = moved
+            serving = Serving(replace(ctx, values=_secret_values(backing, options, settings)), m)
+            await serving.apply(m)
         gateway = Gateway(serving.route, serving.known_hosts, eventing.local)
         admin_app = admin_api.build(_status(serving, eventing), eventing)
         for app, port in ((gateway.app, options.port), (admin_app, options.admin_port)):
@@ -186,9 +225,8 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
                 )
             )
 
-        # 6. The autoscaler loop, and the watcher.
+        # 6. The autoscaler loop, the backing services' supervisor, and the watcher.
         background.append(asyncio.create_task(serving.run(scaler_cfg.tick_interval, halt)))
-        report = lambda message: say.line("knfn", message)  # noqa: E731
         background.append(asyncio.create_task(supervise(settings.backing, report, halt)))
         if options.watch:
             background.append(
@@ -204,16 +242,35 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         say.line("knfn", "ready; Ctrl-C stops everything")
         await stop.wait()
     finally:
+        # An admin step cut short by an earlier failure: not left pending (nor its error unread).
+        for step in admin_steps:
+            if step.done() and not step.cancelled():
+                step.exception()
+            step.cancel()
         await shut_down(
             Teardown(say, signals.force, options.shutdown_timeout),
             eventing=eventing,
             runners=runners,
             background=(halt, background),
             serving=serving,
-            backing_down=lambda: loop.run_in_executor(
-                None, services.down, settings.backing, backing.started
-            ),
+            backing_down=lambda: loop.run_in_executor(None, _backing_down, settings, startup),
         )
+
+
+def _secret_values(
+    backing: services.BackingEnv, options: DevOptions, settings: Settings
+) -> SecretValues:
+    """What the functions' Secrets hold: the backing services' addresses and keys."""
+    return SecretValues(
+        backing.function_env(), options.host_env, settings.state_dir / "secrets.json"
+    )
+
+
+def _backing_down(settings: Settings, startup: services.Startup) -> list[str]:
+    """Stop what this run started, once neither server is still starting (or one started
+    after this would be left running)."""
+    startup.settle()
+    return services.down(settings.backing, startup.started())
 
 
 class Signals:

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from knfn import metrics, server
 from knfn.routing import Target, parse_host
-from knfn.throttler import Overloaded, Throttler
+from knfn.serving.throttler import Overloaded, Throttler
 
 # Idle connections to replicas are dropped before the replica drops them: functions-framework's
 # gunicorn closes an idle keep-alive connection after 2 s (its `keepalive` default), and a

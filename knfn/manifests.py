@@ -14,10 +14,11 @@ from typing import Any
 
 import yaml
 
-from knfn import autoscaling, schema, traffic
+from knfn import schema
 from knfn.errors import KnfnError
-from knfn.template import validate_annotations as validate_replica_start
-from knfn.traffic import TrafficTarget
+from knfn.serving import autoscaling, traffic
+from knfn.serving.template import validate_annotations as validate_replica_start
+from knfn.serving.traffic import TrafficTarget
 
 KNOWN_KINDS: frozenset[tuple[str, str]] = frozenset(schema.KINDS)
 # The runtime contract reserves these; Knative rejects a Service that sets them.

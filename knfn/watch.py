@@ -2,9 +2,9 @@
 
 The tree is polled (five times a second: a stat of each source file, no extra dependency).
 A change reloads the manifests; Serving then makes a new revision where the code or template
-changed (with its own template process, knfn/template.py), moves traffic to it once its first
-replica is ready, and drains the old one. A manifest that does not load is reported and not
-applied. The replica budget never holds a new revision back (knfn/budget.py: activation).
+changed (with its own template process, knfn/serving/template.py), moves traffic to it once its
+first replica is ready, and drains the old one. A manifest that does not load is reported and not
+applied. The replica budget never holds a new revision back (knfn/serving/budget.py: activation).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from knfn.errors import KnfnError
 from knfn.eventing import config as eventing_config
 from knfn.eventing.runtime import Eventing
 from knfn.logs import Printer
-from knfn.revisions import source_files
-from knfn.serving import Serving
+from knfn.serving.revision import source_files
+from knfn.serving.runtime import Serving
 from knfn.settings import Settings
 
 INTERVAL = 0.2

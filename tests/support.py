@@ -262,11 +262,14 @@ class DevRun:
 
 
 @contextmanager
-def knfn_dev(workdir: Path, timeout: float = 120.0) -> Iterator[DevRun]:
+def knfn_dev(
+    workdir: Path, timeout: float = 120.0, extra_env: Mapping[str, str] | None = None
+) -> Iterator[DevRun]:
     """`knfn dev` on the default project (this repository), free ports, state and log under
-    workdir, yielded once it logs that it is ready. At exit a knfn still running is killed with
-    its group, and its backing servers (in their own sessions) are stopped."""
-    env = dev_env(workdir / ".knfn")
+    workdir (and extra_env, e.g. KNFN_PRINT), yielded once it logs that it is ready. At exit a
+    knfn still running is killed with its group, and its backing servers (in their own
+    sessions) are stopped."""
+    env = dev_env(workdir / ".knfn", **(extra_env or {}))
     log = workdir / "dev.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(

@@ -138,7 +138,7 @@ def wait_ready(
     proc: subprocess.Popen[bytes] | None,
     log_path: Path,
     timeout: float,
-    interval: float = 0.1,
+    interval: float = 0.05,
 ) -> None:
     """Poll probe until it returns True; fail with the log's tail on exit or timeout."""
     deadline = time.monotonic() + timeout

@@ -238,6 +238,10 @@ class LocalS3:
             f"-filer.localSocket={sockets / 'filer.sock'}",
             f"-s3.localSocket={sockets / 's3.sock'}",
             "-master.telemetry=false",
+            # One master, so no Raft quorum to wait for: without this the master sleeps ~1.5 s
+            # before it looks for peers and elects itself (weed/command/master.go in
+            # seaweedfs/seaweedfs, "single-master mode"); the data is the same either way.
+            "-master.peers=none",
         ]  # fmt: skip
         (self.data_dir / "weed").mkdir(exist_ok=True)
         return argv, {**os.environ, **seaweedfs_security()}

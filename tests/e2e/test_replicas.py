@@ -22,7 +22,7 @@ import pytest
 
 from knfn.backing import process
 from knfn.logs import PARTIAL_MARKER
-from knfn.replica_records import ReplicaRecord, process_table, read_boot_id, start_time
+from knfn.serving.replica_records import ReplicaRecord, process_table, read_boot_id, start_time
 from tests.support import KNFN, READY_LINE, REPO, dev_env, listening_sockets, services_down
 
 pytestmark = pytest.mark.slow

@@ -1,5 +1,5 @@
-"""The default project scales as its manifests ask: the replica budget (knfn/budget.py) lets hello
-reach what the KPA wants, never starves another Service, and lets a hot reload through.
+"""The default project scales as its manifests ask: the replica budget (knfn/serving/budget.py)
+lets hello reach what the KPA wants, never starves another Service, and lets a hot reload through.
 
 One `knfn dev --watch` on a temporary copy of the repository's knative/, functions/ and
 postgres/ (so an edit never touches the real functions/hello), with the documented local

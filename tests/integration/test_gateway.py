@@ -12,7 +12,7 @@ from aiohttp import web
 
 from knfn.gateway import Gateway
 from knfn.routing import Target
-from knfn.throttler import Throttler
+from knfn.serving.throttler import Throttler
 from tests.support import free_port
 
 

@@ -19,15 +19,17 @@ from typing import Any, cast
 import aiohttp
 import pytest
 
-from knfn import autoscaling
 from knfn import manifests as mf
-from knfn.kpa import Autoscaler
 from knfn.logs import PARTIAL_MARKER, Printer
-from knfn.replica_env import SecretValues
-from knfn.replica_records import ReplicaRecords, process_table
-from knfn.revisions import Revision, RevisionStore
-from knfn.serving import Caps, Context, RevisionRuntime
-from knfn.supervisor import Replica, ReplicaSpec
+from knfn.serving import autoscaler_config, autoscaling
+from knfn.serving.budget import Caps
+from knfn.serving.context import Context
+from knfn.serving.kpa import Autoscaler
+from knfn.serving.replica import Replica, ReplicaSpec
+from knfn.serving.replica_env import SecretValues
+from knfn.serving.replica_records import ReplicaRecords, process_table
+from knfn.serving.revision import Revision, RevisionStore
+from knfn.serving.revision_runtime import RevisionRuntime
 from tests.support import free_port
 
 pytestmark = pytest.mark.slow
@@ -153,7 +155,7 @@ def test_unreadable_output_gets_the_replica_replaced(function_dir: Path, tmp_pat
         mf.Container((("FUNCTION_TARGET", "shout"),), ()),
     )
     manifests = mf.Manifests((svc,), {}, {}, ())
-    scaler = autoscaling.AutoscalerConfig.from_configmap({})
+    scaler = autoscaler_config.AutoscalerConfig.from_configmap({})
     records = ReplicaRecords(tmp_path / "run")
     ctx = Context(
         printer=printer,
@@ -221,7 +223,7 @@ def test_wrapped_command_dies_with_its_parent(setpriv: str | None) -> None:
     """A command started through the wrapper (either kind) dies when its parent is SIGKILLed."""
     parent_code = (
         "import os, subprocess, sys, time\n"
-        "from knfn import pdeathsig\n"
+        "from knfn.serving import pdeathsig\n"
         f"prefix = pdeathsig.wrapper(os.getpid(), {setpriv!r})\n"
         "child = subprocess.Popen([*prefix, 'sleep', '120'])\n"
         "print(child.pid, flush=True)\n"

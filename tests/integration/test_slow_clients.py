@@ -18,7 +18,7 @@ import pytest
 from knfn import server
 from knfn.gateway import Gateway
 from knfn.routing import Target
-from knfn.throttler import Throttler
+from knfn.serving.throttler import Throttler
 from tests.support import free_port, running, wait_http
 
 pytestmark = pytest.mark.slow

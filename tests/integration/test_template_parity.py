@@ -1,10 +1,10 @@
 """A replica forked from its revision's template behaves as a spawned one; the template's life.
 
-Real processes: a template (knfn/template_main.py) for a function, a replica forked from it and
-one spawned with functions-framework, both started by knfn's own Replica with the same spec but
-for the template. Both get the same requests and must give the same status, headers (but Date)
-and body, and see the same process (env but PORT, argv, sys.path, cwd). Then what knfn relies on:
-a forked replica's exit and code are reported, a dead template is replaced, and a function that
+Real processes: a template (knfn/serving/template_main.py) for a function, a replica forked from it
+and one spawned with functions-framework, both started by knfn's own Replica with the same spec but
+for the template. Both get the same requests and must give the same status, headers (but Date) and
+body, and see the same process (env but PORT, argv, sys.path, cwd). Then what knfn relies on: a
+forked replica's exit and code are reported, a dead template is replaced, and a function that
 cannot be forked (an import error, a thread at import) gets spawned replicas.
 """
 
@@ -26,9 +26,9 @@ import pytest
 from knfn import manifests
 from knfn.logs import Printer
 from knfn.ports import free_port
-from knfn.replica_env import SecretValues, resolve
-from knfn.supervisor import Replica, ReplicaSpec
-from knfn.template import ForkedProcess, Template
+from knfn.serving.replica import Replica, ReplicaSpec
+from knfn.serving.replica_env import SecretValues, resolve
+from knfn.serving.template import ForkedProcess, Template
 from tests.support import REPO
 
 pytestmark = pytest.mark.slow

@@ -26,8 +26,8 @@ from typing import Any
 import kubernetes_validate
 import yaml
 
-from knfn import autoscaling
 from knfn import schema as knfn_schema
+from knfn.serving import autoscaler_config, autoscaling
 
 Obj = dict[str, Any]
 
@@ -607,7 +607,7 @@ def check_custom_schemas(objs: Iterable[Obj]) -> list[str]:
 # Knative Serving rules beyond the shape
 # --------------------------------------------------------------------------------------------
 
-AUTOSCALING = autoscaling.GROUP
+AUTOSCALING = autoscaler_config.GROUP
 MAX_CONTAINER_CONCURRENCY = 1000  # config-defaults container-concurrency-max-limit
 MAX_TIMEOUT_SECONDS = 600  # config-defaults max-revision-timeout-seconds
 # k8s_validation.go reservedEnvVars / reservedPorts (knative.dev/networking constants: 8012,
@@ -619,7 +619,7 @@ RESERVED_PORTS = frozenset({8012, 8013, 8022, 9090, 9091, 8008})
 def parse_go_duration(text: str) -> float | None:
     """Seconds in a Go time.ParseDuration string ("60s", "1m30s", "0"), or None if invalid."""
     try:
-        return autoscaling.parse_duration(text)
+        return autoscaler_config.parse_duration(text)
     except ValueError:
         return None
 
@@ -635,8 +635,8 @@ def check_autoscaling_annotations(
     annotations: Mapping[str, str], where: str, allow_zero_initial_scale: bool = False
 ) -> list[str]:
     """Revision-template autoscaling annotations as Knative's webhook checks them: the same
-    validation knfn applies when it loads the manifests (knfn.autoscaling)."""
-    cfg = autoscaling.AutoscalerConfig(allow_zero_initial_scale=allow_zero_initial_scale)
+    validation knfn applies when it loads the manifests (knfn.serving.autoscaling)."""
+    cfg = autoscaler_config.AutoscalerConfig(allow_zero_initial_scale=allow_zero_initial_scale)
     return [f"{where}: {p}" for p in autoscaling.validate_annotations(annotations, cfg)]
 
 

@@ -9,7 +9,7 @@
 
 They live with the tests, not in knfn: knfn is an application, so the only users of these
 helpers are its own tests (structlog ships its helpers because its users test their code
-against it). The protocols they satisfy are in knfn/serving.py (``ReplicaHandle``,
+against it). The protocols they satisfy are in knfn/serving/context.py (``ReplicaHandle``,
 ``Revisions``).
 """
 
@@ -23,15 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from knfn import autoscaling
 from knfn import manifests as mf
-from knfn.kpa import Autoscaler
 from knfn.logs import Printer
-from knfn.replica_env import SecretValues
-from knfn.revisions import Revision, default_name, digest
-from knfn.serving import Caps, Context, Serving
-from knfn.supervisor import ReplicaError, ReplicaSpec
-from knfn.traffic import TrafficTarget
+from knfn.serving import autoscaler_config, autoscaling
+from knfn.serving.budget import Caps
+from knfn.serving.context import Context
+from knfn.serving.kpa import Autoscaler
+from knfn.serving.replica import ReplicaError, ReplicaSpec
+from knfn.serving.replica_env import SecretValues
+from knfn.serving.revision import Revision, default_name, digest
+from knfn.serving.runtime import Serving
+from knfn.serving.traffic import TrafficTarget
 
 # Enough turns of the event loop for every chain of callbacks these tests start to run out.
 SETTLE_TURNS = 50
@@ -53,6 +55,12 @@ class ScriptedClock:
 
     def __call__(self) -> float:
         return self.now
+
+    # Epoch seconds when the clock reads 0: its wall-clock twin, for dates in /status.
+    WALL_ORIGIN = 1_800_000_000.0
+
+    def wall(self) -> float:
+        return self.WALL_ORIGIN + self.now
 
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
@@ -271,7 +279,7 @@ def service(
 
 # A revision that starts at zero, as the default project's local windows do.
 AT_ZERO = {"autoscaling.knative.dev/initial-scale": "0"}
-SCALER = autoscaling.AutoscalerConfig.from_configmap({"allow-zero-initial-scale": "true"})
+SCALER = autoscaler_config.AutoscalerConfig.from_configmap({"allow-zero-initial-scale": "true"})
 
 
 @dataclass
@@ -321,6 +329,7 @@ def world(tmp_path: Path, *, ready_at_once: bool = False) -> World:
         functions_dir=tmp_path,
         new_replica=replicas,
         clock=clock,
+        wall_clock=clock.wall,
         sleep=clock.sleep,
         pick_port=lambda: next(ports),
         memory=lambda _reserve: None,  # no memory bound: this machine's /proc stays out of it

@@ -6,20 +6,18 @@ from dataclasses import replace
 
 import pytest
 
-from knfn.autoscaling import (
+from knfn.errors import KnfnError
+from knfn.serving.autoscaler_config import (
     HPA,
     KPA,
     AutoscalerConfig,
     AutoscalingError,
     LocalOverrides,
-    RevisionScaling,
     parse_duration,
     parse_local_override,
-    resolve_revision_scaling,
-    validate_annotations,
     with_local_overrides,
 )
-from knfn.errors import KnfnError
+from knfn.serving.autoscaling import RevisionScaling, resolve_revision_scaling, validate_annotations
 
 # The data of config/core/configmaps/autoscaler.yaml as shipped (values written as upstream
 # writes them), plus the _example key every Knative ConfigMap carries.

@@ -1,4 +1,4 @@
-"""The replica budget (knfn/budget.py): admission by memory, activation never blocked, fairness."""
+"""The replica budget (knfn/serving/budget.py): admission by memory, activation, fairness."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from knfn.budget import (
+from knfn.serving.budget import (
     MEMORY,
     PER_REVISION,
     TOTAL,

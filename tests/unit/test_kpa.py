@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from knfn.autoscaling import RevisionScaling
-from knfn.kpa import Autoscaler, Decision, MaxWindow, MetricWindow
+from knfn.serving.autoscaling import RevisionScaling
+from knfn.serving.kpa import Autoscaler, Decision, MaxWindow, MetricWindow
 
 START = 1000.0  # any origin: the clock is monotonic seconds
 

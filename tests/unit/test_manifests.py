@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from knfn import manifests
-from knfn.replica_env import SecretValues, resolve
+from knfn.serving.replica_env import SecretValues, resolve
 from tests.support import REPO
 
 SERVICE = """\

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from knfn.replica_records import (
+from knfn.serving.replica_records import (
     ProcInfo,
     RecordError,
     ReplicaRecord,

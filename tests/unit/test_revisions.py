@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from knfn.revisions import default_name, digest, source_files
+from knfn.serving.revision import default_name, digest, source_files
 
 TEMPLATE: dict[str, Any] = {
     "metadata": {"annotations": {"autoscaling.knative.dev/target": "10"}},

@@ -8,8 +8,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from knfn import metrics
-from knfn.serving import CRASH_BACKOFF_MAX, HEALTHY_AFTER, READY_TIMEOUT, RevisionRuntime
-from knfn.throttler import Endpoint
+from knfn.serving.revision_runtime import (
+    CRASH_BACKOFF_MAX,
+    HEALTHY_AFTER,
+    READY_TIMEOUT,
+    RevisionRuntime,
+)
+from knfn.serving.throttler import Endpoint
 from tests.unit.fakes import AT_ZERO, World, service, settle, world
 
 

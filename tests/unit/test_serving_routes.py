@@ -13,8 +13,8 @@ import pytest
 
 from knfn import manifests as mf
 from knfn.routing import Target
-from knfn.serving import RevisionRuntime
-from knfn.traffic import TrafficTarget
+from knfn.serving.revision_runtime import RevisionRuntime
+from knfn.serving.traffic import TrafficTarget
 from tests.unit.fakes import World, service, settle, world
 
 HELLO = Target("default", "hello")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from knfn import template_wire as wire
-from knfn.template import start_mode, validate_annotations
+from knfn.serving import template_wire as wire
+from knfn.serving.template import start_mode, validate_annotations
 
 MESSAGES: list[wire.Message] = [
     wire.Fork(7, wire.EnvDelta({"PORT": "8123", "É": "ü ✓"}, ("GONE",))),

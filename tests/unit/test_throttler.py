@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from knfn.throttler import ConcurrencyMeter, Overloaded, Throttler
+from knfn.serving.throttler import ConcurrencyMeter, Overloaded, Throttler
 
 
 class Clock:

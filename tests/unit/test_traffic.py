@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from knfn import traffic
+from knfn.serving import traffic
 
 
 def test_no_traffic_block_sends_everything_to_the_latest() -> None:

@@ -42,7 +42,8 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from knfn.autoscaling import BUCKET_SIZE, RPS, RevisionScaling
+from knfn.serving.autoscaler_config import BUCKET_SIZE, RPS
+from knfn.serving.autoscaling import RevisionScaling
 
 # bucketing.go rounds window averages to 6 digits, so that 209.9999999 over a target of 70
 # does not become 4 replicas.
@@ -137,7 +138,8 @@ class Decision:
 
     ``excess_burst_capacity`` is upstream's EBC: spare capacity beyond the target burst
     capacity; negative means the activator should stay in the request path, -1 with an
-    unlimited burst capacity, 0 when none is asked for.
+    unlimited burst capacity, 0 when none is asked for. ``panic_since`` is when the current
+    panic started (the clock's reading), None when not panicking.
     """
 
     desired_pods: int
@@ -146,6 +148,7 @@ class Decision:
     stable_value: float
     panic_value: float
     reason: str
+    panic_since: float | None = None
 
 
 class Autoscaler:
@@ -162,6 +165,7 @@ class Autoscaler:
             else None
         )
         self._panic_time: float | None = None  # last time the panic threshold was reached
+        self._panic_started: float | None = None  # when the current panic began
         self._max_panic_pods = 0
         self._desired = self.initial_pods()
         self._ebc = self._initial_excess_burst_capacity()
@@ -169,6 +173,9 @@ class Autoscaler:
         self._active_since: float | None = None  # ready and wanted, since
         self._inactive_since: float | None = None  # idle for a stable window, since
         self._activating = False  # poked at zero; no replica ready yet
+        self.last = Decision(
+            self._desired, False, self._ebc, 0.0, 0.0, "no decision yet"
+        )  # the latest decision, for /status and /metrics
 
     # ---- inputs -------------------------------------------------------------------------
 
@@ -239,14 +246,16 @@ class Autoscaler:
             desired = max(desired, self._bounded(max(1, s.activation_scale)))
             notes.append(f"activator: a request waits for a replica; {desired}")
         self._desired = desired
-        return Decision(
+        self.last = Decision(
             desired_pods=desired,
             panicking=self.panicking,
             excess_burst_capacity=self._ebc,
             stable_value=stable,
             panic_value=panic,
             reason="; ".join(notes),
+            panic_since=self._panic_started,
         )
+        return self.last
 
     def _scale(self, now: float, ready: int, stable: float, panic: float, notes: list[str]) -> int:
         """Steps 2 to 4 of the module docstring (autoscaler.go Scale)."""
@@ -267,10 +276,11 @@ class Autoscaler:
         if want_panic / ready >= s.panic_threshold_percentage / 100.0:
             if self._panic_time is None:
                 notes.append("panic started")
+                self._panic_started = now
             self._panic_time = now
         elif self._panic_time is not None and self._panic_time + s.stable_window < now:
             notes.append("panic over: below the threshold for a stable window")
-            self._panic_time = None
+            self._panic_time = self._panic_started = None
             self._max_panic_pods = 0
 
         notes.append(

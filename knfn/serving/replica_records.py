@@ -1,7 +1,7 @@
 """Records of running replicas in the state dir, so that a killed run leaves nothing behind.
 
 A replica is a process group of its own: the function server and the workers it forks. Its
-leader dies with knfn by the parent-death signal (knfn/pdeathsig.py), and its workers notice
+leader dies with knfn by the parent-death signal (knfn/serving/pdeathsig.py), and its workers notice
 their parent is gone and exit. The records are the second line: one small JSON file per replica
 under ``<state dir>/run/replicas/``, written when it starts and removed when it has been reaped.
 A file that is still there when knfn starts belongs to a run that was killed; whatever is left

@@ -3,7 +3,7 @@
 A spawned replica spends ~250 ms importing functions-framework and the function before it can
 answer; a fork of a process that already did answers in milliseconds and shares its memory
 copy-on-write (as SOCK's zygotes and Lambda SnapStart do). The template
-(knfn/template_main.py) runs with the revision's replica environment minus PORT, in the
+(knfn/serving/template_main.py) runs with the revision's replica environment minus PORT, in the
 function's directory, and lives as long as its revision can receive traffic, scaled to zero
 included: that is what makes a cold start cheap. It is replaced when it dies.
 
@@ -29,9 +29,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from knfn import template_wire as wire
 from knfn.errors import KnfnError
 from knfn.logs import Printer
+from knfn.serving import template_wire as wire
 
 ANNOTATION = "knfn.dev/replica-start"
 MODES = ("fork", "spawn")
@@ -146,7 +146,7 @@ class Template:
         ours.setblocking(False)
         try:
             self._proc = proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-P", "-m", "knfn.template_main",
+                sys.executable, "-P", "-m", "knfn.serving.template_main",
                 str(theirs.fileno()), str(os.getpid()), self._script,
                 cwd=self._cwd, env=self.env, pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,

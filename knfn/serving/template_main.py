@@ -1,9 +1,11 @@
-"""A revision's template process: ``python -P -m knfn.template_main CONTROL_FD PARENT_PID SCRIPT``.
+"""A revision's template process.
+
+Started as ``python -P -m knfn.serving.template_main CONTROL_FD PARENT_PID SCRIPT``.
 
 It does what ``functions-framework`` (SCRIPT) does up to the moment it would serve: reads its
 options from the environment with the CLI's own click command, imports the function and builds
 the app (``create_app``). Then, instead of serving, it waits on the control socket
-(knfn/template_wire.py) and forks a replica per request. The child becomes what a spawned
+(knfn/serving/template_wire.py) and forks a replica per request. The child becomes what a spawned
 replica is: its own session, output on the pipe it was sent, the replica's PORT in its
 environment, and functions-framework's server (gunicorn, with the CLI's options) on HOST:PORT.
 The one addition is a ``post_worker_init`` hook that writes a byte to the ready pipe once the
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from knfn import template_wire as wire
+from knfn.serving import template_wire as wire
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PRELOAD = ("gunicorn.arbiter", "gunicorn.glogging", "concurrent.futures.thread", "encodings.idna")

@@ -2,8 +2,8 @@
 
 A replica runs the image's command with the revision's environment, in its own process group,
 so that stopping it (SIGTERM, the grace period, then SIGKILL) reaches everything it started.
-It is started through knfn/pdeathsig.py, so the kernel kills it if knfn dies without stopping
-it, and it is recorded in the state dir (knfn/replica_records.py) until it has been reaped.
+It is started through pdeathsig.py, so the kernel kills it if knfn dies without stopping it,
+and it is recorded in the state dir (replica_records.py) until it has been reaped.
 Its output is read in bounded chunks and cut into lines of bounded length (knfn/logs.py): a
 replica whose output cannot be read any more is reported as gone, to be replaced, since a full
 pipe would block it while it still accepts connections.
@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from knfn import pdeathsig
 from knfn.errors import KnfnError
 from knfn.logs import LineSplitter, Printer
-from knfn.replica_records import ReplicaRecords
-from knfn.template import ReplicaProcess, Template
+from knfn.serving import pdeathsig
+from knfn.serving.replica_records import ReplicaRecords
+from knfn.serving.template import ReplicaProcess, Template
 
 PROBE_INTERVAL = 0.05  # queue-proxy's aggressive readiness probing (runtime contract)
 READ_CHUNK = 64 * 1024  # bytes read from a replica's output at a time
@@ -44,7 +44,7 @@ class ReplicaSpec:
     env: dict[str, str]
     port: int
     readiness_path: str | None = None
-    template: Template | None = None  # fork from it when it can (knfn/template.py), else spawn
+    template: Template | None = None  # fork from it when it can (template.py), else spawn
 
     @property
     def name(self) -> str:

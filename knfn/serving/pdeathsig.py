@@ -11,7 +11,7 @@ The program is util-linux's ``setpriv --pdeathsig KILL`` when installed (C, abou
 this file run as a script: ``python -I -S pdeathsig.py PARENT_PID CMD...`` (stdlib only, about
 30 ms, most of it importing ctypes), which also closes the window between fork and prctl by
 checking that its parent is still the one it was given. With setpriv, a replica whose knfn dies
-in that window of a few milliseconds is left to the records (knfn/replica_records.py).
+in that window of a few milliseconds is left to the records (knfn/serving/replica_records.py).
 """
 
 from __future__ import annotations
