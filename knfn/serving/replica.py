@@ -23,7 +23,7 @@ from knfn.errors import KnfnError
 from knfn.logs import LineSplitter, Printer
 from knfn.serving import pdeathsig
 from knfn.serving.replica_records import ReplicaRecords
-from knfn.serving.template import ReplicaProcess, Template
+from knfn.serving.template import ForkedProcess, ReplicaProcess, Template
 
 PROBE_INTERVAL = 0.05  # queue-proxy's aggressive readiness probing (runtime contract)
 READ_CHUNK = 64 * 1024  # bytes read from a replica's output at a time
@@ -129,8 +129,15 @@ class Replica:
         return f"exited with code {self._proc.returncode}"
 
     async def wait_ready(self, timeout: float) -> float:
-        """Probe every 50 ms until ready; returns the seconds it took."""
+        """Probe every 50 ms until ready; returns the seconds it took. A forked replica whose
+        worker reported itself ready (template.py) is listening already: unless the manifest
+        asks for an httpGet readiness probe, it is ready now, without a TCP probe."""
         started = time.monotonic()
+        proc = self._proc
+        forked = isinstance(proc, ForkedProcess) and proc.listening and proc.returncode is None
+        if forked and self.spec.readiness_path is None:
+            self.ready = True
+            return 0.0
         while time.monotonic() - started < timeout:
             if self._proc is None or self._proc.returncode is not None:
                 raise ReplicaError(f"{self.spec.name} exited before it was ready")

@@ -82,6 +82,9 @@ class ForkedProcess:
         self.pid = pid
         self.stdout = stdout
         self.returncode: int | None = None
+        # Its worker wrote the ready byte: the server's socket is listening, so a TCP probe
+        # could only succeed (replica.py skips it).
+        self.listening = False
         self._exited = asyncio.Event()
 
     def exited(self, returncode: int) -> None:
@@ -255,7 +258,7 @@ class Template:
             self._children[answer.pid] = child
         else:
             child.exited(-signal.SIGKILL)
-        await _readable(ready_r, LISTEN_TIMEOUT)
+        child.listening = await _ready_byte(ready_r, LISTEN_TIMEOUT)
         return child
 
     async def stop(self) -> None:
@@ -299,19 +302,24 @@ async def _pipe_reader(fd: int) -> asyncio.StreamReader:
     return reader
 
 
-async def _readable(fd: int, timeout: float) -> None:
-    """Until fd is readable (a byte, or EOF) or timeout; then close it."""
+async def _ready_byte(fd: int, timeout: float) -> bool:
+    """Until fd is readable or timeout, then close it; whether the ready byte came (not EOF)."""
     loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
+    ready: asyncio.Future[bool] = loop.create_future()
 
     def readable() -> None:
         if not ready.done():
-            ready.set_result(None)
+            with contextlib.suppress(OSError):
+                ready.set_result(os.read(fd, 1) == b"R")
+                return
+            ready.set_result(False)
 
     loop.add_reader(fd, readable)
     try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ready, timeout)
+        async with asyncio.timeout(timeout):
+            return await ready
+    except TimeoutError:
+        return False
     finally:
         loop.remove_reader(fd)
         os.close(fd)

@@ -83,15 +83,29 @@ def build_app() -> Any:
         )
     # Import the server class, and what a replica imports between its fork and its first
     # answer (measured), once here rather than in every replica.
-    create_server(app, params["debug"])  # type: ignore[no-untyped-call]
+    server = create_server(app, params["debug"])  # type: ignore[no-untyped-call]
     for module in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
+    warm_up(app, server)
 
     threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     if threads:
         raise RuntimeError(f"fork unsafe: the function started threads at import: {threads}")
     return app
+
+
+def warm_up(app: Any, server: Any) -> None:
+    """First-use work every replica would repeat, done once here; none of it calls the function
+    or leaves state a replica sees: werkzeug compiles its URL matcher on the first request's
+    bind (measured), and gunicorn's first Config costs twice a later one."""
+    url_map = getattr(app, "url_map", None)
+    if url_map is not None:
+        url_map.update()
+    if server.server_class.__module__.endswith("gunicorn"):
+        from gunicorn.config import Config  # type: ignore[import-untyped]
+
+        Config()
 
 
 def serve_forks(control: socket.socket) -> Child:

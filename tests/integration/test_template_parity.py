@@ -264,3 +264,23 @@ def test_a_function_that_cannot_be_forked_gets_spawned_replicas(
         assert "fork unsafe" in out.getvalue() and "echo-idler" in out.getvalue()
     else:
         assert "told to fail at import" in out.getvalue()
+
+
+def test_a_forked_replica_is_ready_on_its_ready_byte_and_answers_at_once() -> None:
+    """No readiness probe in the manifest: the worker's ready byte makes it ready, no TCP probe
+    (wait_ready takes no time at all), and the first request right after is answered."""
+
+    async def scenario() -> None:
+        printer = Printer(io.StringIO())
+        template = new_template(ECHO, echo_env(), printer)
+        forked = replica(ECHO, echo_env(), 1, template, printer)
+        try:
+            await forked.start()
+            assert await forked.wait_ready(READY) == 0.0
+            status, _, _ = await asyncio.to_thread(fetch, forked.spec.port, "GET", "/")
+            assert status == 200
+        finally:
+            await forked.stop(5)
+            await template.stop()
+
+    asyncio.run(scenario())
