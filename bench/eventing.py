@@ -236,10 +236,6 @@ class EventingDev(KnfnDev):
         argv[argv.index("--project-dir") + 1] = str(self.project)
         return argv
 
-    @property
-    def database_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.pg_port}/knfn"
-
     def postgres_pids(self) -> list[int]:
         """The postmaster knfn started for this run (found by its port) and its backends."""
         wanted = [b"-p", str(self.pg_port).encode()]
@@ -428,7 +424,7 @@ def one_run(
                 )
             )
             runs.append(loaded(dev, sub, connections, args.duration, script))
-        baseline = postgres_commits(dev.database_url, args.duration)
+        baseline = postgres_commits(dev.knfn_database_url(), args.duration)
         command = dev.command_line()
         code = dev.stop()
     return Run(dispatchers, command, quiet, runs, baseline, code)

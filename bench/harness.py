@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from knfn.backing import services
 from knfn.ports import free_port
 
 __all__ = [
@@ -150,6 +151,14 @@ class KnfnDev:
         env.update(KNFN_PG_PORT=str(free_port()), KNFN_S3_PORT=str(free_port()))
         env.update(self.extra_env)  # may fix the backing ports, for a second start
         return env
+
+    def knfn_database_url(self) -> str:
+        """knfn's own database (events, deliveries), with the password knfn keeps in the state
+        directory: knfn's resolver, so the bench never guesses credentials."""
+        found = services.find(services.BackingConfig.from_env(self.state_dir, {}))
+        if found is None:
+            raise BenchError(f"the backing services of {self.state_dir} are not running")
+        return found.knfn_database_url
 
     def command_line(self) -> str:
         """The command as one shell line, overrides first, for the report."""
