@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -193,6 +194,19 @@ async def post_events(
 
         await asyncio.gather(*(worker() for _ in range(clients)))
     return statuses
+
+
+def admin_status(admin_port: int) -> dict[str, Any]:
+    """GET /status of a running `knfn dev`'s admin API."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/status", timeout=10) as resp:
+        data: dict[str, Any] = json.loads(resp.read())
+    return data
+
+
+def revisions_of(admin_port: int, service: str) -> dict[str, dict[str, Any]]:
+    """A Service's revisions in /status, by name."""
+    svc = next(s for s in admin_status(admin_port)["services"] if s["name"] == service)
+    return {r["name"]: r for r in svc["revisions"]}
 
 
 def binary(source: str, event_id: str, type_: str = "test.event") -> dict[str, str]:

@@ -23,7 +23,15 @@ import pytest
 from knfn.backing import process
 from knfn.logs import PARTIAL_MARKER
 from knfn.serving.replica_records import ReplicaRecord, process_table, read_boot_id, start_time
-from tests.support import KNFN, READY_LINE, REPO, dev_env, listening_sockets, services_down
+from tests.support import (
+    KNFN,
+    READY_LINE,
+    REPO,
+    admin_status,
+    dev_env,
+    listening_sockets,
+    services_down,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -54,10 +62,7 @@ class Dev:
         return self.proc
 
     def status(self) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{self.admin_port}/status"
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            result: dict[str, Any] = json.loads(resp.read())
-            return result
+        return admin_status(self.admin_port)
 
     def replicas(self, service: str) -> list[dict[str, Any]]:
         svc = next(s for s in self.status()["services"] if s["name"] == service)

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import REPO, free_port
+from tests.support import REPO, admin_status, free_port, revisions_of
 
 KNFN = str(Path(sys.executable).parent / "knfn")
 pytestmark = pytest.mark.slow
@@ -47,15 +47,10 @@ class Dev:
     figures: dict[str, float] = field(default_factory=dict)
 
     def status(self) -> dict[str, Any]:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/status") as resp:
-            data: dict[str, Any] = json.loads(resp.read())
-        return data
+        return admin_status(self.admin_port)
 
     def revisions(self, service: str) -> dict[str, dict[str, Any]]:
-        svc = next(s for s in self.status()["services"] if s["name"] == service)
-        return {r["name"]: r for r in svc["revisions"]}
+        return revisions_of(self.admin_port, service)
 
     def ready(self, service: str, revision: str) -> int:
         return int(self.revisions(service).get(revision, {}).get("ready_replicas", 0))

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import REPO, free_port
+from tests.support import REPO, admin_status, free_port, revisions_of
 
 KNFN = str(Path(sys.executable).parent / "knfn")
 pytestmark = pytest.mark.slow
@@ -95,15 +95,10 @@ class Dev:
     log: Path
 
     def status(self) -> dict[str, Any]:
-        import urllib.request
+        return admin_status(self.admin_port)
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/status") as resp:
-            data: dict[str, Any] = json.loads(resp.read())
-        return data
-
-    def revisions(self, name: str) -> dict[str, dict[str, Any]]:
-        svc = next(s for s in self.status()["services"] if s["name"] == name)
-        return {r["name"]: r for r in svc["revisions"]}
+    def revisions(self, service: str) -> dict[str, dict[str, Any]]:
+        return revisions_of(self.admin_port, service)
 
     def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
