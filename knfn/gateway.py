@@ -3,9 +3,10 @@
 Routes by Host header and by absolute-form (proxy) request line, so a function that calls
 ``http://query.default.svc.cluster.local`` through ``HTTP_PROXY`` reaches query. Unknown hosts get
 a 404 naming the known Services: the gateway is never an open proxy. Bodies stream both ways.
-Statuses as Knative's: 503 when the revision's queue is full, 504 when ``timeoutSeconds`` (which
-includes the wait for a cold start) or ``responseStartTimeoutSeconds`` runs out, 502 when the
-replica fails.
+Statuses as Knative's: 503 when the revision's queue is full, 504 when ``timeoutSeconds`` or
+``responseStartTimeoutSeconds`` runs out (both counted from the request's arrival, so the wait
+for a slot or a cold start counts, as in Knative's activator; the answer names the one), 502
+when the replica fails.
 
 Slow clients. A replica slot (containerConcurrency) is the scarce thing, so a request takes one
 only once its body is ready to go: the gateway first reads the body, up to ``BODY_BUFFER`` bytes,
@@ -134,6 +135,7 @@ class Gateway:
                 404, f"no Knative Service for host {request.host!r}", services=self._known()
             )
         started = time.perf_counter()
+        arrival = asyncio.get_running_loop().time()  # the request timeouts' clocks start here
         body: _Body | None = None
         if request.body_exists:
             body = await self._read_head(request)
@@ -143,7 +145,7 @@ class Gateway:
                 )
                 metrics.REQUESTS.labels(*backend.labels, "408").inc()
                 return response
-        response = await self._admit(request, backend, body)
+        response = await self._admit(request, backend, body, arrival)
         labels = backend.labels
         metrics.REQUESTS.labels(*labels, str(response.status)).inc()
         metrics.LATENCY.labels(*labels).observe(time.perf_counter() - started)
@@ -167,25 +169,41 @@ class Gateway:
         return _Body(b"".join(chunks), content.at_eof())
 
     async def _admit(
-        self, request: web.Request, backend: Backend, body: _Body | None
+        self, request: web.Request, backend: Backend, body: _Body | None, arrival: float
     ) -> web.StreamResponse:
-        """Hold the request for a replica slot (or refuse it), then forward it."""
+        """Hold the request for a replica slot (or refuse it), then forward it.
+
+        ``timeoutSeconds`` and ``responseStartTimeoutSeconds`` both run from ``arrival`` (the
+        loop's clock), the wait for a slot included: Knative's activator and queue-proxy wrap
+        their throttling in the timeout handler (knative/serving pkg/http/handler/timeout.go).
+        """
         throttler = backend.throttler
+        response_start = arrival + backend.response_start_timeout_seconds
         try:
-            async with asyncio.timeout(backend.timeout_seconds):
+            async with asyncio.timeout_at(arrival + backend.timeout_seconds) as whole:
                 try:
-                    endpoint = await throttler.acquire()
+                    async with asyncio.timeout_at(response_start):
+                        endpoint = await throttler.acquire()
                 except Overloaded as exc:
                     return _error(503, f"{backend.name}: {exc}")
                 try:
-                    return await self._forward(request, backend, endpoint.url, body)
+                    return await self._forward(request, backend, endpoint.url, body, response_start)
                 finally:
                     throttler.release(endpoint)
         except TimeoutError:
-            return _error(504, f"{backend.name} did not answer within {backend.timeout_seconds:g}s")
+            if whole.expired():
+                field, limit = "timeoutSeconds", backend.timeout_seconds
+            else:
+                field, limit = "responseStartTimeoutSeconds", backend.response_start_timeout_seconds
+            return _error(504, f"{backend.name}: {field} ({limit:g}s) ran out", timeout=field)
 
     async def _forward(
-        self, request: web.Request, backend: Backend, base: str, body: _Body | None
+        self,
+        request: web.Request,
+        backend: Backend,
+        base: str,
+        body: _Body | None,
+        response_start: float,
     ) -> web.StreamResponse:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -200,7 +218,7 @@ class Gateway:
             data = body.head if body.complete else self._rest(request, body)
         response: web.StreamResponse | None = None
         try:
-            async with asyncio.timeout(backend.response_start_timeout_seconds):
+            async with asyncio.timeout_at(response_start):
                 upstream = await self._session.request(
                     request.method,
                     base + request.rel_url.path_qs,
