@@ -1,5 +1,6 @@
 """The activator in the path: the excess burst capacity, the mode Knative picks from it, the
-activator's queue in front of the replicas, and a revision in the fake world switching."""
+activator's queue in front of the replicas, a revision in the fake world switching, and the
+band a load run's plot draws for it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from knfn.load import plot
+from knfn.load.series import RevisionSample, Row, activator_spans, revision_sample
+from knfn.load.stats import Timeline
 from knfn.serving.activator import (
     PROXY,
     SERVE,
@@ -252,3 +257,27 @@ def test_target_burst_capacity_zero_keeps_the_activator_only_at_zero(tmp_path: P
         assert auto["ready_pods"] == 1 and auto["activator_in_path"] is False
 
     run(tmp_path, scenario)
+
+
+# ---- the plot of a load run -------------------------------------------------------------------
+
+
+def test_activator_spans_and_band_in_the_plot(tmp_path: Path) -> None:
+    """/status's activator_in_path becomes spans (as panics do) and a band in the PNG."""
+    timeline = Timeline()
+    seen = [None, True, True, False, False, True]
+    rows = [
+        Row(timeline.second(t), 0, (RevisionSample("hello-00001", 1, 1, activator=a),))
+        for t, a in enumerate(seen)
+    ]
+    assert activator_spans(rows, "hello-00001") == [(0.5, 2.5), (4.5, 5.5)]
+    sample = revision_sample({"name": "r", "autoscaler": {"activator_in_path": False}})
+    assert sample.activator is False and revision_sample({"name": "r"}).activator is None
+
+    def pixels(rows: list[Row], name: str) -> bytes:
+        path = plot.draw(rows, "GET hello.default/", 5.0, tmp_path / name)
+        with Image.open(path) as image:
+            return image.convert("RGB").tobytes()
+
+    plain = [Row(r.second, 0, (RevisionSample("hello-00001", 1, 1),)) for r in rows]
+    assert pixels(rows, "band.png") != pixels(plain, "plain.png")
