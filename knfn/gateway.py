@@ -60,7 +60,7 @@ BODY_IDLE_TIMEOUT = 10.0  # longest pause between chunks of a body streamed past
 NOT_ADDED = ("Accept", "Accept-Encoding", "User-Agent")
 # The request key of a response already under way (streaming, or an upgraded connection): once
 # its status line is out, that is the answer, whatever a timeout around it makes of the end.
-SENT = "knfn.gateway.sent"
+SENT = web.RequestKey("knfn.gateway.sent", web.StreamResponse)
 READ_SIZE = 64 * 1024
 TUNNEL_BUFFER = 1 << 20  # bytes from a WebSocket client held for a slower replica, at most
 
@@ -326,7 +326,7 @@ class Gateway:
         except (h11.ProtocolError, ConnectionError, asyncio.IncompleteReadError) as exc:
             if request.get(SENT) is not None:
                 _cut(request)
-                return request[SENT]  # type: ignore[no-any-return]
+                return request[SENT]
             return _error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
         finally:
             writer.close()
