@@ -82,6 +82,9 @@ class Backend(Protocol):
     def response_start_timeout_seconds(self) -> float: ...
 
     @property
+    def idle_timeout_seconds(self) -> float: ...
+
+    @property
     def throttler(self) -> Throttler: ...
 
 
@@ -389,12 +392,6 @@ def _error(status: int, message: str, **extra: object) -> web.Response:
     )
 
 
-def idle_timeout_seconds(backend: Backend) -> float:
-    """The revision's idleTimeoutSeconds (0: none), from the Service it runs, when it has one."""
-    service = getattr(backend, "service", None)
-    return float(getattr(service, "idle_timeout_seconds", 0) or 0)
-
-
 @dataclass(frozen=True)
 class _Clocks:
     """A request's response-start and idle limits in seconds (None: none). Knative's idle clock
@@ -407,7 +404,7 @@ class _Clocks:
 
     @classmethod
     def of(cls, backend: Backend) -> _Clocks:
-        idle = idle_timeout_seconds(backend) or None
+        idle = backend.idle_timeout_seconds or None
         start = backend.response_start_timeout_seconds or None
         if idle is not None and (start is None or idle < start):
             return cls(idle, idle, start_is_idle=True)

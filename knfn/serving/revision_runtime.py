@@ -90,6 +90,10 @@ class RevisionRuntime:
         return float(self.service.response_start_timeout_seconds)
 
     @property
+    def idle_timeout_seconds(self) -> float:
+        return float(self.service.idle_timeout_seconds)
+
+    @property
     def labels(self) -> tuple[str, str, str]:
         return self._labels
 
