@@ -62,6 +62,7 @@ class Service:
     response_start_timeout_seconds: int = 300
     template: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     traffic: tuple[TrafficTarget, ...] = (TrafficTarget(100),)
+    idle_timeout_seconds: int = 0  # 0: none
 
     @property
     def key(self) -> str:
@@ -161,6 +162,7 @@ def _service(
     cc = _int_field(path, label, spec, "containerConcurrency", 0, 0, 1000)
     timeout = _int_field(path, label, spec, "timeoutSeconds", 300, 1, 600)
     response_start = _int_field(path, label, spec, "responseStartTimeoutSeconds", timeout, 1, 600)
+    idle = _int_field(path, label, spec, "idleTimeoutSeconds", 0, 0, 600)
     explicit = (template.get("metadata") or {}).get("name")
     if explicit is not None and not str(explicit).startswith(name + "-"):
         raise ManifestError(
@@ -178,7 +180,7 @@ def _service(
         )
     return Service(
         name, namespace, path, annotations, container, cc, timeout, response_start, template,
-        tuple(targets),
+        tuple(targets), idle_timeout_seconds=idle,
     )  # fmt: skip
 
 
