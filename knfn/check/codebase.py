@@ -25,11 +25,11 @@ def in_repository(folder: Path) -> bool:
 def codebase(subject: Subject) -> list[Finding]:
     found: list[Finding] = []
     src = subject.source
-    if not (src.folder / "main.py").is_file():
+    if "main.py" not in src.files:
         found.append(
             Finding(
                 "fail",
-                f"no {src.folder}/main.py for Service {subject.name}",
+                f"no main.py in functions/{subject.name} for Service {subject.name}",
                 f"put the function's code in functions/{subject.name}/main.py",
             )
         )

@@ -29,9 +29,11 @@ def installed() -> Mapping[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in metadata.packages_distributions().items()}
 
 
-def parse(text: str) -> tuple[dict[str, str], list[Finding]]:
-    """Pinned requirements (canonical name -> line) and a finding per line that is not one."""
+def parse(text: str) -> tuple[dict[str, str], set[str], list[Finding]]:
+    """Pinned requirements (canonical name -> line), every name declared (pinned or not), and
+    a finding per line that is not a pin."""
     pinned: dict[str, str] = {}
+    declared: set[str] = set()
     found: list[Finding] = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split(" #", 1)[0].strip()
@@ -57,6 +59,7 @@ def parse(text: str) -> tuple[dict[str, str], list[Finding]]:
                 )
             )
             continue
+        declared.add(canonicalize_name(req.name))
         specs = list(req.specifier)
         exact = (
             len(specs) == 1 and specs[0].operator in ("==", "===") and "*" not in specs[0].version
@@ -65,7 +68,7 @@ def parse(text: str) -> tuple[dict[str, str], list[Finding]]:
             found.append(Finding("fail", f"{where} {line!r} is not pinned to one version", FIX_PIN))
             continue
         pinned[canonicalize_name(req.name)] = line
-    return pinned, found
+    return pinned, declared, found
 
 
 def dependencies(
@@ -80,13 +83,13 @@ def dependencies(
                 "list every runtime dependency there, pinned with ==",
             )
         ]
-    pinned, found = parse(src.requirements)
-    found += undeclared(src, set(pinned), installed() if provided is None else provided)
+    _, declared, found = parse(src.requirements)
+    found += undeclared(src, declared, installed() if provided is None else provided)
     return found
 
 
 def undeclared(
-    src: FunctionSource, pinned: set[str], provided: Mapping[str, tuple[str, ...]]
+    src: FunctionSource, declared: set[str], provided: Mapping[str, tuple[str, ...]]
 ) -> list[Finding]:
     found: list[Finding] = []
     local, seen = src.local_names(), set()
@@ -106,7 +109,7 @@ def undeclared(
                     f"install the requirements (make setup), or drop {name}",
                 )
             )
-        elif not any(canonicalize_name(d) in pinned for d in dists):
+        elif not any(canonicalize_name(d) in declared for d in dists):
             found.append(
                 Finding(
                     "fail",
@@ -119,7 +122,7 @@ def undeclared(
 
 
 def dependencies_passed(subject: Subject) -> str:
-    pinned, _ = parse(subject.source.requirements or "")
+    pinned, _, _ = parse(subject.source.requirements or "")
     return (
         f"requirements.txt pins all {len(pinned)} requirements with ==, and declares every "
         "library the code imports"

@@ -69,6 +69,8 @@ class Measurement:
     port: int
     grace: float
     ready_seconds: float | None = None  # None: never ready
+    # Of ready_seconds, the time it waited for a CPU (a busy machine, not a slow function).
+    queued_seconds: float = 0.0
     start_problem: str = ""
     answers: tuple[Answer, ...] = ()
     fresh: Answer | None = None  # a new replica's first answer, when the answers differed
@@ -86,6 +88,16 @@ class Lines:
 
     def write(self, prefix: str, text: str) -> None:
         self.lines.append(text)
+
+
+def queued(pid: int | None) -> float:
+    """Seconds the process's main thread has waited on a run queue (/proc/<pid>/schedstat:
+    on-CPU ns, run-queue wait ns, timeslices); 0 where the kernel does not say."""
+    try:
+        fields = Path(f"/proc/{pid}/schedstat").read_text().split()
+        return int(fields[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -197,7 +209,8 @@ class Run:
         )
         return Replica(spec, self.printer)
 
-    async def start(self, replica: Replica) -> tuple[float | None, str]:
+    async def start(self, replica: Replica) -> tuple[float | None, float, str]:
+        """Seconds to ready (None: never), of them the seconds queued for a CPU, the problem."""
         started = time.monotonic()
         await replica.start()
         try:
@@ -205,8 +218,8 @@ class Run:
         except ReplicaError as exc:
             await replica.stop(grace=0)
             last = self.lines.lines[-1] if self.lines.lines else "no output"
-            return None, f"{exc}; last line: {last[:120]}"
-        return time.monotonic() - started, ""
+            return None, 0.0, f"{exc}; last line: {last[:120]}"
+        return time.monotonic() - started, queued(replica.pid), ""
 
     async def measure(self, started: asyncio.Semaphore) -> Measurement:
         """Start, probe, stop with a request in flight; a second replica when answers differ.
@@ -215,26 +228,23 @@ class Run:
         grace = float(min(self.subject.service.timeout_seconds, self.limits.stop))
         first = self.replica(1)
         async with started:
-            ready, problem = await self.start(first)
+            ready, waited, problem = await self.start(first)
         port = first.spec.port
         if ready is None:
-            return self._done(Measurement(port, grace, None, problem), before)
-        if ready > self.limits.ready:  # a busy machine, or a slow function? Once more, to see.
-            again = self.replica(3)
-            async with started:
-                ready = min(ready, (await self.start(again))[0] or ready)
-            await again.stop(grace=0)
+            return self._done(Measurement(port, grace, None, 0.0, problem), before)
         answers = [await ask(port, self.request, self.limits.request) for _ in range(PROBES)]
         in_flight, exit_seconds = await self.stop_in_flight(first, grace)
         fresh = None
         if answers[0] != answers[-1]:
             second = self.replica(2)
             async with started:
-                second_ready, _ = await self.start(second)
+                second_ready, _, _ = await self.start(second)
             if second_ready is not None:
                 fresh = await ask(second.spec.port, self.request, self.limits.request)
             await second.stop(grace)
-        m = Measurement(port, grace, ready, "", tuple(answers), fresh, in_flight, exit_seconds)
+        m = Measurement(
+            port, grace, ready, waited, "", tuple(answers), fresh, in_flight, exit_seconds
+        )
         return self._done(m, before)
 
     def _done(self, m: Measurement, before: Mapping[str, tuple[int, int]]) -> Measurement:
@@ -244,6 +254,7 @@ class Run:
             m.port,
             m.grace,
             m.ready_seconds,
+            m.queued_seconds,
             m.start_problem,
             m.answers,
             m.fresh,

@@ -1,8 +1,8 @@
 """`knfn check`: read the manifests as `knfn dev` does, measure every function at once, judge.
 
-Functions are measured in parallel, a few starting at a time (about one per CPU, so that a
-start time says how fast the function is, not how busy the machine was); stopping, which is
-mostly waiting, overlaps freely.
+Functions are measured in parallel, each in a work folder of its own on its own ports; a start
+time leaves out the time spent waiting for a CPU, so it says how fast the function is, not how
+busy the machine was.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ class UnknownServices(CheckError):
 class CheckOptions:
     host_env: Mapping[str, str]
     limits: Limits = field(default_factory=Limits)
-    parallel: int = max(2, os.cpu_count() or 1)
+    # Functions starting at once. Time spent queued for a CPU is left out of a start time
+    # (measure.queued), so a busy machine does not make a function slow: start them together.
+    parallel: int = max(8, 2 * (os.cpu_count() or 1))
     argv: tuple[str, ...] = (str(Path(sys.executable).parent / "functions-framework"),)
 
 
@@ -93,7 +95,9 @@ async def _measure_all(
         try:
             return await run.measure(starting)
         except Exception as exc:  # reported as the reason it could not be measured
-            return Measurement(0, options.limits.stop, None, f"the measured run failed: {exc!r}")
+            return Measurement(
+                0, options.limits.stop, start_problem=f"the measured run failed: {exc!r}"
+            )
 
     return list(await asyncio.gather(*(one(i, s) for i, s in enumerate(chosen))))
 

@@ -123,8 +123,8 @@ def disposability(subject: Subject) -> list[Finding]:
         elif name == "signal.pthread_sigmask" and term and "SIG_UNBLOCK" not in texts[0]:
             found.append(Finding("fail", f"{module.at(call)} blocks SIGTERM", _FIX_TERM))
     for stmt in (s for m in subject.source.modules for s in m.tree.body):
-        call = stmt.value if isinstance(stmt, ast.Expr) else None
-        if isinstance(call, ast.Call) and dotted(call.func) in ("time.sleep", "sleep"):
+        value = stmt.value if isinstance(stmt, ast.Expr) else None
+        if isinstance(value, ast.Call) and dotted(value.func) in ("time.sleep", "sleep"):
             found.append(
                 Finding(
                     "fail",
