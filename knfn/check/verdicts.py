@@ -148,7 +148,7 @@ def measured_logs(m: Measurement | None) -> tuple[list[Finding], str]:
             found.append(
                 Finding("fail", f"wrote the log file {path} while serving", parity._FIX_LOGS)
             )
-    return found, f"{len(m.output)} lines on stdout while serving; no log file"
+    return found, f"{len(m.output)} lines on stdout while serving"
 
 
 Static = Callable[[Subject], list[Finding]]
