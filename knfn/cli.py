@@ -737,6 +737,30 @@ def demo_command(
     sys.exit(0 if verdict.ok else 1)
 
 
+@main.command("check")
+@click.argument("names", metavar="[SERVICE]...", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of verdicts.")
+@pass_settings
+@handle_errors
+def check_command(settings: Settings, names: tuple[str, ...], as_json: bool) -> None:
+    """Check functions against the twelve factors (all Services by default): a verdict per
+    factor, with evidence and fix. Starts each function as a replica; exits 1 on any fail."""
+    from rich.console import Console
+
+    from knfn import check
+    from knfn.check import report
+
+    try:
+        verdicts = check.check(settings, names, check.CheckOptions(dict(os.environ)))
+    except check.UnknownServices as exc:
+        raise click.BadParameter(str(exc), param_hint="SERVICE") from exc
+    if as_json:
+        click.echo(report.as_json(verdicts))
+    else:
+        report.table(verdicts, Console())
+    sys.exit(1 if check.failed(verdicts) else 0)
+
+
 @main.command("reset")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_settings

@@ -2,10 +2,14 @@
 
 Routes by Host header and by absolute-form (proxy) request line, so a function that calls
 ``http://query.default.svc.cluster.local`` through ``HTTP_PROXY`` reaches query. Unknown hosts get
-a 404 naming the known Services: the gateway is never an open proxy. Bodies stream both ways.
-Statuses as Knative's: 503 when the revision's queue is full, 504 when ``timeoutSeconds`` (which
-includes the wait for a cold start) or ``responseStartTimeoutSeconds`` runs out, 502 when the
-replica fails.
+a 404 naming the known Services: the gateway is never an open proxy. Bodies stream both ways,
+chunk by chunk (server-sent events arrive as they are sent), and a WebSocket upgrade is tunnelled
+to the replica. Headers to the replica follow the queue-proxy's rules, and probes are answered
+here (knfn/serving/queue_proxy.py). Statuses as Knative's: 503 when the revision's queue is
+full, 504 when ``timeoutSeconds``, ``responseStartTimeoutSeconds`` or ``idleTimeoutSeconds``
+runs out before the response starts (all counted from the request's arrival, so the wait for a
+slot or a cold start counts, as in Knative's activator; the answer names the one), 502 when the
+replica fails. A timeout after the response has started ends it (see ``_stream``).
 
 Slow clients. A replica slot (containerConcurrency) is the scarce thing, so a request takes one
 only once its body is ready to go: the gateway first reads the body, up to ``BODY_BUFFER`` bytes,
@@ -22,16 +26,22 @@ errors are server.py's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import aiohttp
+import h11
 from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
 
 from knfn import metrics, server
 from knfn.routing import Target, parse_host
+from knfn.serving import queue_proxy
 from knfn.serving.throttler import Overloaded, Throttler
 
 # Idle connections to replicas are dropped before the replica drops them: functions-framework's
@@ -47,21 +57,13 @@ BODY_BUFFER = 256 * 1024
 BODY_TIMEOUT = 10.0  # seconds to send the body, or its first BODY_BUFFER bytes
 BODY_IDLE_TIMEOUT = 10.0  # longest pause between chunks of a body streamed past BODY_BUFFER
 
-# RFC 9110 7.6.1: connection-specific headers are not forwarded.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-    }
-)
+# aiohttp's client adds these unless told not to; the caller's own are forwarded as sent.
+NOT_ADDED = ("Accept", "Accept-Encoding", "User-Agent")
+# The request key of a response already under way (streaming, or an upgraded connection): once
+# its status line is out, that is the answer, whatever a timeout around it makes of the end.
+SENT = web.RequestKey("knfn.gateway.sent", web.StreamResponse)
+READ_SIZE = 64 * 1024
+TUNNEL_BUFFER = 1 << 20  # bytes from a WebSocket client held for a slower replica, at most
 
 
 class Backend(Protocol):
@@ -78,6 +80,9 @@ class Backend(Protocol):
 
     @property
     def response_start_timeout_seconds(self) -> float: ...
+
+    @property
+    def idle_timeout_seconds(self) -> float: ...
 
     @property
     def throttler(self) -> Throttler: ...
@@ -133,7 +138,13 @@ class Gateway:
             return _error(
                 404, f"no Knative Service for host {request.host!r}", services=self._known()
             )
+        probe = queue_proxy.probe_answer(
+            request.headers.items(), ready=bool(backend.throttler.endpoints)
+        )
+        if probe is not None:  # the queue-proxy's (or activator's) to answer, never counted
+            return _probe_response(probe)
         started = time.perf_counter()
+        arrival = asyncio.get_running_loop().time()  # the request timeouts' clocks start here
         body: _Body | None = None
         if request.body_exists:
             body = await self._read_head(request)
@@ -143,7 +154,10 @@ class Gateway:
                 )
                 metrics.REQUESTS.labels(*backend.labels, "408").inc()
                 return response
-        response = await self._admit(request, backend, body)
+        response = await self._admit(request, backend, body, arrival)
+        sent = request.get(SENT)
+        if sent is not None:
+            response = sent
         labels = backend.labels
         metrics.REQUESTS.labels(*labels, str(response.status)).inc()
         metrics.LATENCY.labels(*labels).observe(time.perf_counter() - started)
@@ -167,72 +181,178 @@ class Gateway:
         return _Body(b"".join(chunks), content.at_eof())
 
     async def _admit(
-        self, request: web.Request, backend: Backend, body: _Body | None
+        self, request: web.Request, backend: Backend, body: _Body | None, arrival: float
     ) -> web.StreamResponse:
-        """Hold the request for a replica slot (or refuse it), then forward it."""
+        """Hold the request for a replica slot (or refuse it), then forward it.
+
+        ``timeoutSeconds`` and ``responseStartTimeoutSeconds`` both run from ``arrival`` (the
+        loop's clock), the wait for a slot included: Knative's activator and queue-proxy wrap
+        their throttling in the timeout handler (knative/serving pkg/http/handler/timeout.go).
+        """
         throttler = backend.throttler
+        clocks = _Clocks.of(backend)
+        response_start = None if clocks.start is None else arrival + clocks.start
         try:
-            async with asyncio.timeout(backend.timeout_seconds):
+            async with asyncio.timeout_at(arrival + backend.timeout_seconds) as whole:
                 try:
-                    endpoint = await throttler.acquire()
+                    async with asyncio.timeout_at(response_start):
+                        endpoint = await throttler.acquire()
                 except Overloaded as exc:
                     return _error(503, f"{backend.name}: {exc}")
                 try:
-                    return await self._forward(request, backend, endpoint.url, body)
+                    return await self._forward(
+                        request, backend, endpoint.url, body, clocks, response_start
+                    )
                 finally:
                     throttler.release(endpoint)
         except TimeoutError:
-            return _error(504, f"{backend.name} did not answer within {backend.timeout_seconds:g}s")
+            if whole.expired():
+                return _timed_out(backend.name, "timeoutSeconds", backend.timeout_seconds)
+            return _timed_out(backend.name, clocks.start_field, clocks.start or 0.0)
 
     async def _forward(
-        self, request: web.Request, backend: Backend, base: str, body: _Body | None
+        self,
+        request: web.Request,
+        backend: Backend,
+        base: str,
+        body: _Body | None,
+        clocks: _Clocks,
+        response_start: float | None,
     ) -> web.StreamResponse:
         assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        peer = request.remote or ""
-        prior = request.headers.get("X-Forwarded-For")
-        headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-        headers["X-Forwarded-Proto"] = request.scheme
-        headers["X-Forwarded-Host"] = request.host
-        headers["Host"] = request.host
+        out = queue_proxy.request_headers(
+            request.headers.items(), peer=request.remote or "", scheme=request.scheme,
+            host=request.host,
+        )  # fmt: skip
+        if queue_proxy.tunnelled_upgrade(request.headers.items()) is not None:
+            return await self._upgrade(request, backend, base, out, body, clocks, response_start)
+        headers = CIMultiDict(out.headers)
+        headers["Host"] = out.host
         data: bytes | AsyncIterator[bytes] | None = None
         if body is not None:
             data = body.head if body.complete else self._rest(request, body)
         response: web.StreamResponse | None = None
         try:
-            async with asyncio.timeout(backend.response_start_timeout_seconds):
+            async with asyncio.timeout_at(response_start) as start_clock:
                 upstream = await self._session.request(
                     request.method,
                     base + request.rel_url.path_qs,
                     headers=headers,
                     data=data,
                     allow_redirects=False,
+                    skip_auto_headers=NOT_ADDED,
                 )
             try:
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                for key, value in upstream.headers.items():
-                    if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
+                for key, value in queue_proxy.end_to_end(upstream.headers.items()):
+                    if key.lower() != "content-length":
                         response.headers.add(key, value)
                 if upstream.content_length is not None:
                     response.content_length = upstream.content_length
                 await response.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-                await response.write_eof()
+                request[SENT] = response
+                await self._stream(request, response, upstream, backend, clocks)
                 return response
             finally:
                 upstream.release()
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             if response is not None and response.prepared:
                 # The status line is gone already: all that is left is to cut the response off.
-                if request.transport is not None:
-                    request.transport.close()
+                _cut(request)
                 return response
             if body is not None and body.stalled:
                 return _too_slow(f"request body paused for more than {self._body_idle_timeout:g}s")
             if isinstance(exc, TimeoutError):
-                raise  # the request's own deadline, or the response-start one: 504
+                if start_clock.expired():
+                    return _timed_out(backend.name, clocks.start_field, clocks.start or 0.0)
+                raise  # the request's own deadline: 504
             return _error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
+
+    async def _stream(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        upstream: aiohttp.ClientResponse,
+        backend: Backend,
+        clocks: _Clocks,
+    ) -> None:
+        """Copy the replica's body to the client chunk by chunk as it comes (a server-sent event
+        stream included), with the idle timeout between chunks. A timeout once the response has
+        started ends it, as Knative's timeout handler does (serving pkg/http/handler/timeout.go:
+        the timeout message is written after what was sent, and the handler returns, which ends
+        the chunked body); the replica's connection is closed, as Go's proxy cancels it."""
+        try:
+            while True:
+                async with asyncio.timeout(clocks.idle):
+                    chunk = await upstream.content.readany()
+                if not chunk:
+                    break
+                await response.write(chunk)
+        except TimeoutError:
+            upstream.close()
+            await _end(request, response, clocks.idle_message(backend.name))
+            return
+        except asyncio.CancelledError:
+            # The request's timeoutSeconds (the only one to cancel a request in flight).
+            upstream.close()
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await _end(request, response, _timeout_message(backend))
+            raise
+        await response.write_eof()
+
+    async def _upgrade(
+        self,
+        request: web.Request,
+        backend: Backend,
+        base: str,
+        out: queue_proxy.Outgoing,
+        body: _Body | None,
+        clocks: _Clocks,
+        response_start: float | None,
+    ) -> web.StreamResponse:
+        """A WebSocket: the handshake to the replica, its answer to the client, and then bytes
+        both ways until either side closes, as Go's reverse proxy does after a 101 (the slot is
+        held meanwhile, as the queue-proxy's breaker holds it). timeoutSeconds bounds the whole
+        connection (Knative's timeout handler cancels the hijacked proxy), idleTimeoutSeconds
+        the longest silence in both directions. A replica that declines gets its answer relayed."""
+        url = URL(base)
+        try:
+            reader, writer = await asyncio.open_connection(url.host, url.port)
+        except OSError as exc:
+            return _error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
+        try:
+            conn = h11.Connection(h11.CLIENT)
+            head = [("Host", out.host), *out.headers]
+            target = request.rel_url.raw_path_qs
+            writer.write(conn.send(h11.Request(method=request.method, target=target, headers=head)))
+            if body is not None:
+                chunks = [body.head] if body.complete else self._rest(request, body)
+                async for chunk in _aiter(chunks):
+                    writer.write(conn.send(h11.Data(data=chunk)))
+            writer.write(conn.send(h11.EndOfMessage()))
+            try:
+                async with asyncio.timeout_at(response_start):
+                    event = await _answer(conn, reader)
+            except TimeoutError:
+                return _timed_out(backend.name, clocks.start_field, clocks.start or 0.0)
+            if isinstance(event, h11.Response):
+                return await _relay(request, conn, reader, event)
+            response = web.StreamResponse(status=101, reason=event.reason.decode("latin-1"))
+            for key, value in event.headers.raw_items():
+                response.headers.add(key.decode("latin-1"), value.decode("latin-1"))
+            response.force_close()
+            await response.prepare(request)
+            request[SENT] = response
+            early, _ = conn.trailing_data
+            await _splice(request, response, reader, writer, early, clocks.idle)
+            return response
+        except (h11.ProtocolError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            if request.get(SENT) is not None:
+                _cut(request)
+                return request[SENT]
+            return _error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
+        finally:
+            writer.close()
 
     async def _rest(self, request: web.Request, body: _Body) -> AsyncIterator[bytes]:
         """The buffered head, then the rest of the body as it arrives, with an idle timeout."""
@@ -270,3 +390,205 @@ def _error(status: int, message: str, **extra: object) -> web.Response:
     return web.Response(
         status=status, body=server.error_body(message, **extra), content_type="application/json"
     )
+
+
+@dataclass(frozen=True)
+class _Clocks:
+    """A request's response-start and idle limits in seconds (None: none). Knative's idle clock
+    starts with the request and restarts at every write to the client, so before the first byte
+    it bounds the response start too (serving pkg/http/handler/timeout.go)."""
+
+    start: float | None
+    idle: float | None
+    start_is_idle: bool = False
+
+    @classmethod
+    def of(cls, backend: Backend) -> _Clocks:
+        idle = backend.idle_timeout_seconds or None
+        start = backend.response_start_timeout_seconds or None
+        if idle is not None and (start is None or idle < start):
+            return cls(idle, idle, start_is_idle=True)
+        return cls(start, idle)
+
+    @property
+    def start_field(self) -> str:
+        return "idleTimeoutSeconds" if self.start_is_idle else "responseStartTimeoutSeconds"
+
+    def idle_message(self, name: str) -> str:
+        return f"{name} sent nothing for idleTimeoutSeconds ({self.idle:g}s)"
+
+
+def _timed_out(name: str, field: str, limit: float) -> web.Response:
+    """504 before the response started, naming the timeout that ran out and its value."""
+    return _error(504, f"{name}: {field} ({limit:g}s) ran out", timeout=field)
+
+
+def _timeout_message(backend: Backend) -> str:
+    return f"{backend.name} did not finish within timeoutSeconds ({backend.timeout_seconds:g}s)"
+
+
+async def _end(request: web.Request, response: web.StreamResponse, message: str) -> None:
+    """End a started response after a timeout: the timeout message after what was sent, then
+    the end of the (chunked) body, as Knative's timeout handler does. A response that declared
+    its length cannot end early: its connection is cut, as Go's server cuts it."""
+    if response.content_length is not None:
+        _cut(request)
+        return
+    await response.write(server.error_body(message))
+    await response.write_eof()
+
+
+def _cut(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.close()
+
+
+def _probe_response(answer: queue_proxy.ProbeAnswer) -> web.Response:
+    response = web.Response(status=answer.status, body=answer.body)
+    if answer.body:
+        response.content_type = "text/plain"
+    response.headers.update(answer.headers or {})
+    return response
+
+
+_T = TypeVar("_T")
+
+
+async def _aiter(items: Iterable[_T] | AsyncIterable[_T]) -> AsyncIterator[_T]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> object:
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        conn.receive_data(await reader.read(READ_SIZE))
+
+
+async def _answer(
+    conn: h11.Connection, reader: asyncio.StreamReader
+) -> h11.InformationalResponse | h11.Response:
+    """The replica's answer to an upgrade request: its 101, or the response that declines."""
+    while True:
+        event = await _next_event(conn, reader)
+        if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
+            continue  # 100 Continue
+        if isinstance(event, (h11.InformationalResponse, h11.Response)):
+            return event
+        raise h11.RemoteProtocolError(f"expected a response, got {event!r}")
+
+
+async def _relay(
+    request: web.Request, conn: h11.Connection, reader: asyncio.StreamReader, head: h11.Response
+) -> web.StreamResponse:
+    """A replica's answer to an upgrade it declined, as any other response."""
+    response = web.StreamResponse(status=head.status_code, reason=head.reason.decode("latin-1"))
+    raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers.raw_items()]
+    for key, value in queue_proxy.end_to_end(raw):
+        if key.lower() == "content-length":
+            response.content_length = int(value)
+        else:
+            response.headers.add(key, value)
+    await response.prepare(request)
+    while True:
+        event = await _next_event(conn, reader)
+        if isinstance(event, h11.Data):
+            await response.write(bytes(event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            break
+        else:
+            raise h11.RemoteProtocolError(f"expected a body, got {event!r}")
+    await response.write_eof()
+    return response
+
+
+class _Tunnel:
+    """The bytes a client sends on its upgraded connection. aiohttp's server hands them to the
+    payload parser a handler installs (its WebSocket reader is one); this one queues them, and
+    stops reading the socket while the replica is slower than the client."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._eof = False
+        self._paused = False
+        self._wakeup: asyncio.Event = asyncio.Event()
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self._chunks.append(bytes(data))
+        self._size += len(data)
+        if self._size > TUNNEL_BUFFER and not self._paused:
+            self._paused = True
+            self._transport.pause_reading()
+        self._wakeup.set()
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self._wakeup.set()
+
+    async def read(self) -> bytes:
+        """The next bytes from the client; b"" once it has closed."""
+        while not self._chunks and not self._eof:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        if not self._chunks:
+            return b""
+        data = self._chunks.popleft()
+        self._size -= len(data)
+        if self._paused and self._size <= TUNNEL_BUFFER // 2:
+            self._paused = False
+            self._transport.resume_reading()
+        return data
+
+
+async def _splice(
+    request: web.Request,
+    response: web.StreamResponse,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    early: bytes,
+    idle: float | None,
+) -> None:
+    """Bytes both ways between an upgraded client connection and the replica, until either side
+    closes, or nothing has passed either way for `idle` seconds; then both are closed."""
+    assert request.transport is not None
+    loop = asyncio.get_running_loop()
+    tunnel = _Tunnel(request.transport)
+    request.protocol.set_parser(tunnel)  # type: ignore[arg-type]
+    last = [loop.time()]
+
+    async def down() -> None:  # replica to client
+        if early:
+            await response.write(early)
+        while data := await reader.read(READ_SIZE):
+            last[0] = loop.time()
+            await response.write(data)
+
+    async def up() -> None:  # client to replica
+        while data := await tunnel.read():
+            last[0] = loop.time()
+            writer.write(data)
+            await writer.drain()
+
+    tasks = {asyncio.create_task(down()), asyncio.create_task(up())}
+    try:
+        while True:
+            wait = None if idle is None else last[0] + idle - loop.time()
+            if wait is not None and wait <= 0:
+                break
+            done, _ = await asyncio.wait(tasks, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            if done:
+                break
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        _cut(request)

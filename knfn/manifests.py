@@ -75,6 +75,7 @@ class Service:
     response_start_timeout_seconds: int = 300
     template: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     traffic: tuple[TrafficTarget, ...] = (TrafficTarget(100),)
+    idle_timeout_seconds: int = 0  # 0: none
     # config-autoscaler as the annotations were checked against (at_template checks again).
     autoscaler: AutoscalerConfig = field(
         default_factory=AutoscalerConfig, compare=False, repr=False
@@ -216,6 +217,7 @@ def _service(
         _int_field(path, label, spec, "responseStartTimeoutSeconds", 0, 0, MAX_TIMEOUT_SECONDS)
         or timeout
     )
+    idle = _int_field(path, label, spec, "idleTimeoutSeconds", 0, 0, 600)
     explicit = (template.get("metadata") or {}).get("name")
     if explicit is not None:
         # revision_validation.go validateRevisionName: a DNS-1035 label, the Service's prefix.
@@ -245,7 +247,7 @@ def _service(
         )
     return Service(
         name, namespace, path, annotations, container, cc, timeout, response_start, template,
-        tuple(targets), scaler,
+        tuple(targets), idle_timeout_seconds=idle, autoscaler=scaler,
     )  # fmt: skip
 
 

@@ -74,6 +74,19 @@ KNATIVE_AUTOSCALER_METRICS: dict[str, str] = {
     "autoscaler_target_requests_per_second": "The desired requests-per-second for each pod",
     "autoscaler_panic_mode": "1 if autoscaler is in panic mode, 0 otherwise",
 }
+# The activator (knfn/serving/activator.py), read with the metrics above. Upstream has no
+# metric of the ServerlessService's mode (``kubectl get sks`` shows it as MODE), hence a knfn
+# name; the requests its queue holds are the activator's own gauge ``kn.revision.request.queued``
+# (pkg/activator/handler/metrics.go), under the name its Prometheus exporter gives it.
+ACTIVATOR_METRICS: dict[str, str] = {
+    "knfn_activator_in_path": (
+        "1 while the revision's requests go through the activator (proxy mode), 0 while they "
+        "go straight to its replicas (serve mode)"
+    ),
+    "kn_revision_request_queued": (
+        "Number of requests currently queued in the activator waiting for capacity"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,7 @@ class RevisionAutoscaling:
     not_ready: int
     pending: int
     terminating: int
+    activator_queued: int = 0
 
 
 def knative_autoscaler_samples(rev: RevisionAutoscaling) -> dict[str, float]:
@@ -116,6 +130,8 @@ def knative_autoscaler_samples(rev: RevisionAutoscaling) -> dict[str, float]:
         "autoscaler_excess_burst_capacity": a["excess_burst_capacity"],
         **load,
         "autoscaler_panic_mode": 1 if a["panic_mode"] else 0,
+        "knfn_activator_in_path": 1 if a.get("activator_in_path") else 0,
+        "kn_revision_request_queued": rev.activator_queued,
     }
 
 
@@ -133,7 +149,7 @@ class KnativeAutoscalerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         families = {
             name: GaugeMetricFamily(name, text, labels=KNATIVE_REVISION_LABELS)
-            for name, text in KNATIVE_AUTOSCALER_METRICS.items()
+            for name, text in (KNATIVE_AUTOSCALER_METRICS | ACTIVATOR_METRICS).items()
         }
         for rev in self._source():
             labels = [rev.namespace, rev.service, rev.service, rev.revision]

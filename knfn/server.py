@@ -14,6 +14,11 @@ fixed here, in a subclass of aiohttp's per-connection ``RequestHandler``:
   (network/server.go, formerly h2c.go; used in cmd/activator/main.go and
   pkg/queue/sharedmain/main.go), whose only timeout is ``ReadHeaderTimeout: time.Minute``, so the
   default here is a minute too. Bodies are the gateway's business (see gateway.py).
+- HTTP/2 with prior knowledge (a connection that opens with the ``PRI * HTTP/2.0`` preface, as
+  gRPC clients and ``curl --http2-prior-knowledge`` send) gets an HTTP/2 answer it understands:
+  the server preface and a GOAWAY with ``HTTP_1_1_REQUIRED`` (RFC 9113 7), then the connection
+  closes; clients then retry over HTTP/1.1 or report why. Knative serves h2c (knative.dev/pkg
+  network/h2c.go) because its pods may speak it; a knfn replica is gunicorn, HTTP/1.1 only.
 """
 
 from __future__ import annotations
@@ -28,9 +33,22 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
+from hyperframe.frame import GoAwayFrame, SettingsFrame
 
 HEADER_TIMEOUT = 60.0  # knative.dev/pkg network.NewServer: ReadHeaderTimeout
 TOO_LARGE = 431
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 3.4
+HTTP_1_1_REQUIRED = 0xD  # RFC 9113 7: error code
+
+
+def h2_refusal() -> bytes:
+    """What an HTTP/2 client is told: an empty SETTINGS frame (the server preface), then GOAWAY
+    with HTTP_1_1_REQUIRED and no stream processed."""
+    goaway = GoAwayFrame(
+        0, last_stream_id=0, error_code=HTTP_1_1_REQUIRED,
+        additional_data=b"knfn serves HTTP/1.1 only (its replicas are gunicorn)",
+    )  # fmt: skip
+    return bytes(SettingsFrame(0).serialize() + goaway.serialize())
 
 
 def error_body(message: str, **extra: object) -> bytes:
@@ -55,6 +73,7 @@ class _Protocol(RequestHandler):
         self._header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_count = 0  # requests parsed when the timer started
+        self._first = True  # no byte received yet: an HTTP/2 preface is looked for
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -65,6 +84,15 @@ class _Protocol(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._first and self.transport is not None:
+            self._first = False
+            # The preface's first line is 16 bytes; a client sends the preface in one write.
+            if data.startswith(H2_PREFACE[:16]):
+                self._stop_header_timer()
+                self.transport.write(h2_refusal())
+                self.force_close()
+                self.transport.close()
+                return
         parsed = self._request_count
         super().data_received(data)
         if self._request_count != parsed:

@@ -20,8 +20,14 @@ def fetch(admin_port: int) -> dict[str, Any]:
     return data
 
 
+def _activator(rev: dict[str, Any]) -> str:
+    """Whether the revision's requests go through the activator (in path) or straight to it."""
+    in_path = rev.get("autoscaler", {}).get("activator_in_path")
+    return "-" if in_path is None else ("in path" if in_path else "no")
+
+
 def table(data: dict[str, Any]) -> str:
-    header = ("SERVICE", "REVISION", "TRAFFIC", "TAG", "DESIRED", "READY", "IN FLIGHT")
+    header = ("SERVICE", "REVISION", "TRAFFIC", "TAG", "DESIRED", "READY", "IN FLIGHT", "ACTIVATOR")
     rows: list[tuple[str, ...]] = [header]
     for svc in data.get("services", []):
         for rev in svc["revisions"]:
@@ -34,6 +40,7 @@ def table(data: dict[str, Any]) -> str:
                     str(rev["desired_replicas"]),
                     str(rev["ready_replicas"]),
                     str(rev.get("in_flight", 0)),
+                    _activator(rev),
                 )
             )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

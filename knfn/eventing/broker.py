@@ -1,9 +1,16 @@
 """The broker: ingress (accept, store, 202); its dispatchers are in ``dispatcher.py``.
 
-Ingress, as knative/eventing pkg/broker/ingress/ingress_handler.go: POST only (OPTIONS 200,
-others 405), ``/<namespace>/<broker>`` or 404, an invalid event 400 with the reason, then
-``knativearrivaltime`` and ``knativebrokerttl`` (255 when absent; 0 or less is refused) are set,
-and the event is fanned out to the matching triggers and committed before the 202.
+Ingress, as knative/eventing pkg/broker/ingress/ingress_handler.go: every answer carries
+``Allow: POST, OPTIONS``; OPTIONS answers 200 with ``WebHook-Allowed-Origin: *`` and
+``WebHook-Allowed-Rate: *`` (the CloudEvents HTTP webhook spec's validation handshake,
+cloudevents/spec ``cloudevents/http-webhook.md`` 4.2: any origin, no rate limit); other methods
+405; ``/<namespace>/<broker>`` or 404; an invalid event 400 with the reason. Then
+``knativearrivaltime`` is set and ``knativebrokerttl`` handled by :func:`next_ttl`; the event,
+with the request's pass-through headers (``sending.pass_through``), is fanned out to the
+matching triggers and committed before the 202.
+
+CloudEvents 0.3 events are accepted and passed on as 0.3, as the Go SDK the ingress is built
+on reads and writes them (``cloudevent.py``).
 
 What becomes of a stored delivery (attempts, retries, dead letters): ``dispatcher.py``.
 """
@@ -11,6 +18,8 @@ What becomes of a stored delivery (attempts, retries, dead letters): ``dispatche
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +30,7 @@ from knfn.errors import KnfnError
 from knfn.eventing import cloudevent
 from knfn.eventing.cloudevent import Event, InvalidEvent
 from knfn.eventing.config import EventingConfig
+from knfn.eventing.sending import pass_through
 from knfn.eventing.store import Accept, EventRejected, EventStore, NewDelivery, StoreUnavailable
 
 DEFAULT_TTL = 255
@@ -29,6 +39,39 @@ ARRIVAL = "knativearrivaltime"
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 READ_CHUNK = 64 * 1024
 NOT_A_CLOUDEVENT = "received a non-empty response that is not a CloudEvent"
+ALLOW = {"Allow": "POST, OPTIONS"}
+# The webhook validation answer: any origin may send, at any rate (ingress_handler.go).
+WEBHOOK_ALLOWED = {"WebHook-Allowed-Origin": "*", "WebHook-Allowed-Rate": "*"}
+_INT32 = (-(2**31), 2**31 - 1)
+_GO_HEX_FLOAT = re.compile(r"[+-]?0[xX][0-9a-fA-F.]+[pP][+-]?\d+")
+
+
+def parse_go_integer(text: str) -> int | None:
+    """The integer the Go SDK reads from an attribute value (sdk-go v2 ``types.ParseInteger``):
+    a Go float literal, truncated toward zero, within int32; None when it is not one."""
+    if text != text.strip() or "_" in text:
+        return None  # strconv.ParseFloat takes neither spaces nor (without 0x) underscores
+    try:
+        number = float.fromhex(text) if _GO_HEX_FLOAT.fullmatch(text) else float(text)
+    except ValueError:
+        return None
+    if math.isnan(number) or not _INT32[0] <= number <= _INT32[1]:
+        return None
+    return int(number)
+
+
+def next_ttl(raw: str | None) -> int:
+    """The ``knativebrokerttl`` the ingress stores, from the one the event came with.
+
+    knative/eventing pkg/broker/ttl.go TTLDefaulter, run by the ingress on every event (also a
+    reply coming back): absent or not an integer, it is set to the default (255, MAX_TTL of
+    cmd/broker/ingress/main.go); otherwise it is lowered by one, but not below 0. The ingress
+    then refuses a TTL of 0 (400): the event has gone round too often.
+    """
+    current = None if raw is None else parse_go_integer(raw)
+    if current is None:
+        return DEFAULT_TTL
+    return max(current - 1, 0)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -93,9 +136,14 @@ class Ingress:
         self._max_event_bytes = max_event_bytes
 
     async def handle(self, request: web.Request) -> web.Response:
+        response = await self._handle(request)
+        response.headers.update(ALLOW)  # on every answer, as ingress_handler.go
+        return response
+
+    async def _handle(self, request: web.Request) -> web.Response:
         parts = request.path.strip("/").split("/")
         if request.method == "OPTIONS":
-            return web.Response(status=200, headers={"Allow": "POST, OPTIONS"})
+            return web.Response(status=200, headers=WEBHOOK_ALLOWED)
         if request.method != "POST":
             return _error(405, f"{request.method} is not allowed: the broker accepts POST")
         config = self._config()
@@ -109,17 +157,20 @@ class Ingress:
             return _error(413, str(exc))
         try:
             event = cloudevent.from_http(request.headers, body)
-            ttl = int(event.attributes.get(TTL, str(DEFAULT_TTL)), 10)
         except InvalidEvent as exc:
             return _error(400, str(exc))
-        except ValueError:
-            return _error(400, f"attribute {TTL!r} must be an integer")
+        ttl = next_ttl(event.attributes.get(TTL))
         if ttl <= 0:
-            return _error(400, f"{TTL} is {ttl}: the event has looped through brokers too often")
+            return _error(
+                400,
+                f"{TTL} {event.attributes.get(TTL)!r} leaves {ttl} once lowered by one: "
+                "the event has looped through brokers too often",
+            )
         event = event.replace(**{ARRIVAL: now_rfc3339(), TTL: str(ttl)})
         item = Accept(
             namespace, broker, dict(event.attributes), event.data,
             fan_out(config, namespace, broker, event),
+            pass_through(request.headers.items()),
         )  # fmt: skip
         try:
             await self._store.accept(item)

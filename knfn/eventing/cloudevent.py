@@ -19,6 +19,14 @@ binary mode) plus the data as bytes. Where each rule comes from (cloudevents/spe
   makes in ``event/eventcontext_v1.go``): ``id``, ``source``, ``type`` non-empty,
   ``specversion`` ``1.0``; ``subject``, ``dataschema``, ``datacontenttype`` non-empty when
   present; ``time`` an RFC 3339 timestamp; names of lowercase a-z and 0-9.
+* CloudEvents 0.3 is read and written as 0.3, never converted: the broker ingress is built on
+  the Go SDK, which reads a 0.3 event into a 0.3 context and writes it back so
+  (sdk-go ``v2/binding/spec/spec.go``, ``event/eventcontext_v03.go``). Its differences from
+  1.0 that matter here: ``schemaurl`` (not ``dataschema``) is non-empty when present, and in
+  structured mode ``"datacontentencoding": "base64"`` says that ``data`` is base64 text
+  (there is no ``data_base64``; ``event/event_unmarshal.go``, ``event_marshal.go``); the
+  attribute describes the JSON member only, so it is dropped once the data is decoded and
+  written again when a 0.3 event with binary data goes out structured.
 
 Limits (:func:`check_limits`, applied by :func:`from_http`), so that nothing is accepted that
 cannot be stored, delivered and dead-lettered: every attribute travels as one ``ce-<name>``
@@ -60,6 +68,7 @@ from typing import Any, Literal
 from knfn.errors import KnfnError
 
 SPECVERSION = "1.0"
+SPECVERSION_03 = "0.3"
 REQUIRED = ("specversion", "id", "source", "type")
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
@@ -94,6 +103,8 @@ _BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[{]}")
 # Attributes that, when present, must not be empty (spec.md; the Go SDK's Validate).
 _NON_EMPTY_WHEN_PRESENT = ("subject", "dataschema", "datacontenttype")
+_NON_EMPTY_WHEN_PRESENT_03 = ("subject", "schemaurl", "datacontenttype")
+_ENCODING_03 = "datacontentencoding"
 
 
 class InvalidEvent(KnfnError, ValueError):
@@ -278,17 +289,26 @@ def _read_structured(body: bytes) -> tuple[dict[str, str], bytes | None, list[st
         attributes[name] = text_value
     data: bytes | None = None
     has_data = doc.get("data") is not None
-    has_base64 = doc.get("data_base64") is not None
+    base64_member = "data_base64"
+    if attributes.get("specversion") == SPECVERSION_03 and _ENCODING_03 in attributes:
+        encoding = attributes.pop(_ENCODING_03)
+        if encoding != "base64":
+            problems.append(
+                f"attribute {_ENCODING_03!r}: {encoding!r} is not allowed: "
+                "CloudEvents 0.3 allows only 'base64'"
+            )
+        base64_member, has_data = "data", False
+    has_base64 = doc.get(base64_member) is not None
     if has_data and has_base64:
         problems.append('structured event: has both "data" and "data_base64"; give one')
     elif has_base64:
-        encoded = doc["data_base64"]
+        encoded = doc[base64_member]
         try:
             if not isinstance(encoded, str):
                 raise ValueError(f"not a string but {_json_kind(encoded)}")
             data = base64.b64decode(re.sub(r"[ \t\r\n]", "", encoded), validate=True)
         except (ValueError, binascii.Error) as exc:
-            problems.append(f'structured event: "data_base64" is not base64 ({exc})')
+            problems.append(f'structured event: "{base64_member}" is not base64 ({exc})')
     elif has_data:
         value = doc["data"]
         content_type = attributes.get("datacontenttype")
@@ -311,22 +331,26 @@ def _validate(attributes: Mapping[str, str], where: Callable[[str], str]) -> lis
     version = attributes.get("specversion")
     if version is None:
         problems.append(f"missing required attribute 'specversion' ({where('specversion')})")
-    elif version == "0.3":
-        problems.append(
-            "specversion '0.3' is not supported: only CloudEvents 1.0 events are accepted"
-        )
-    elif version != SPECVERSION:
-        problems.append(f"unknown specversion {version!r}: only '1.0' is accepted")
+    elif version not in (SPECVERSION, SPECVERSION_03):
+        problems.append(f"unknown specversion {version!r}: only '1.0' and '0.3' are accepted")
     for name in ("id", "source", "type"):
         value = attributes.get(name)
         if value is None:
             problems.append(f"missing required attribute {name!r} ({where(name)})")
         elif not value.strip():
             problems.append(f"attribute {name!r} must not be empty ({where(name)})")
-    for name in _NON_EMPTY_WHEN_PRESENT:
+    non_empty = _NON_EMPTY_WHEN_PRESENT_03 if version == SPECVERSION_03 else _NON_EMPTY_WHEN_PRESENT
+    for name in non_empty:
         value = attributes.get(name)
         if value is not None and not value.strip():
             problems.append(f"attribute {name!r}, when present, must not be empty")
+    encoding = attributes.get(_ENCODING_03)
+    if version == SPECVERSION_03 and encoding is not None and encoding.strip().lower() != "base64":
+        # Binary mode; structured mode checked it already (eventcontext_v03.go Validate).
+        problems.append(
+            f"attribute {_ENCODING_03!r}: {encoding!r} is not allowed: "
+            "CloudEvents 0.3 allows only 'base64'"
+        )
     content_type = attributes.get("datacontenttype")
     if content_type and content_type.strip() and not _MEDIA_TYPE.fullmatch(content_type.strip()):
         problems.append(f"attribute 'datacontenttype': {content_type!r} is not a media type")
@@ -432,6 +456,8 @@ def to_binary(event: Event) -> tuple[dict[str, str], bytes]:
 def to_structured(event: Event) -> tuple[dict[str, str], bytes]:
     """Headers and body of the event in structured mode (the JSON event format)."""
     doc: dict[str, Any] = dict(_ordered(event.attributes))
+    if event.specversion == SPECVERSION_03:
+        doc.pop(_ENCODING_03, None)  # it would make a reader take "data" as base64
     data = event.data
     content_type = event.datacontenttype
     if data is not None:
@@ -446,7 +472,10 @@ def to_structured(event: Event) -> tuple[dict[str, str], bytes]:
                 value = data.decode("utf-8")
             except UnicodeDecodeError:
                 value = _MISSING
-        if value is _MISSING:
+        if value is _MISSING and event.specversion == SPECVERSION_03:
+            doc[_ENCODING_03] = "base64"
+            doc["data"] = base64.b64encode(data).decode("ascii")
+        elif value is _MISSING:
             doc["data_base64"] = base64.b64encode(data).decode("ascii")
         else:
             doc["data"] = value

@@ -20,7 +20,9 @@ What each rule follows (knative/eventing):
   resolveDeadLetterSink; ``pkg/reconciler/subscription/subscription.go`` deliverySpec): a
   Trigger's ``delivery``, when present, replaces the Broker's wholesale (retry, backoff, timeout:
   fields it leaves out are not taken from the Broker), except the dead-letter sink: without its
-  own, a Trigger uses the Broker's.
+  own, a Trigger uses the Broker's. ``format`` is the Trigger's own or none: the broker filter
+  reads only ``trigger.Spec.Delivery.Format`` (``pkg/broker/filter/filter_handler.go``), so a
+  Broker's ``format`` is accepted and changes nothing a subscriber sees.
 * Dead-letter extensions: ``pkg/kncloudevents/event_dispatcher.go``
   dispatchExecutionInfoTransformers and ``pkg/kncloudevents/attributes/knative_error.go``:
   the response body is base64-encoded and the encoded text cut to 1024 characters (so at most
@@ -243,11 +245,11 @@ def effective(trigger: DeliverySpec | None, broker: DeliverySpec | None) -> Deli
 
     ``broker`` None means the Broker has no ``spec.delivery``, so config-br-defaults applies.
     A Trigger's delivery replaces the Broker's wholesale; only the dead-letter sink falls back
-    to the Broker's when the Trigger has none.
+    to the Broker's when the Trigger has none. The format is only ever the Trigger's.
     """
     broker = BROKER_DEFAULT if broker is None else broker
     if trigger is None:
-        return broker
+        return replace(broker, format=None)
     if trigger.dead_letter_sink is None and broker.dead_letter_sink is not None:
         return replace(trigger, dead_letter_sink=broker.dead_letter_sink)
     return trigger

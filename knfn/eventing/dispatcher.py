@@ -6,6 +6,12 @@ empty body is an acknowledgement, a 2xx with a CloudEvent is a reply that re-ent
 are retried by the trigger's delivery policy and finally dead-lettered with
 ``knativeerrordest``, ``knativeerrorcode`` and ``knativeerrordata``.
 
+What a request carries (``sending.py``): the event's pass-through headers, ``Kn-Namespace``,
+and ``Prefer: reply`` to the subscriber. The event is in binary mode unless the Trigger's own
+``delivery.format`` is ``json`` (``pkg/broker/filter/filter_handler.go``
+handleDispatchToSubscriberRequest: only the Trigger's format is read, never the Broker's);
+a dead letter is in binary mode, as the channel's dispatcher sends it.
+
 Isolation: every attempt runs on its own task (:class:`InFlight`), bounded overall and per
 destination, and its outcome is written as soon as it is known (writes of attempts that end
 together share a transaction). A destination at its bound is left out of the next claims, so a
@@ -37,7 +43,12 @@ from knfn.eventing import cloudevent, delivery
 from knfn.eventing.broker import ARRIVAL, DEFAULT_TTL, NOT_A_CLOUDEVENT, TTL, fan_out, now_rfc3339
 from knfn.eventing.cloudevent import Event
 from knfn.eventing.config import EventingConfig
-from knfn.eventing.sending import DEFAULT_ATTEMPT_TIMEOUT, Sender
+from knfn.eventing.sending import (
+    DEFAULT_ATTEMPT_TIMEOUT,
+    Sender,
+    delivery_headers,
+    reply_headers,
+)
 from knfn.eventing.store import CHANNEL, Accept, Claimed, EventStore, NewDelivery, Outcome
 
 # A claim holds its rows this long; the lease of every held delivery is renewed well before it
@@ -332,13 +343,19 @@ class Dispatcher:
         attributes = dict(claimed.attributes)
         ttl = int(attributes.pop(TTL, DEFAULT_TTL))
         attributes.update(claimed.extensions)
-        headers, body = cloudevent.to_binary(Event(attributes, claimed.data))
+        to_subscriber = claimed.kind == "subscriber"
+        structured = to_subscriber and trigger.delivery.format == "json"
+        encode = cloudevent.to_structured if structured else cloudevent.to_binary
+        headers, body = encode(Event(attributes, claimed.data))
+        headers.update(
+            delivery_headers(claimed.headers, claimed.namespace, prefer_reply=to_subscriber)
+        )
         spec = trigger.delivery
-        status, reply_headers, reply_body, error = await self._send(
+        status, answer_headers, reply_body, error = await self._send(
             claimed.destination, headers, body, spec.timeout or DEFAULT_ATTEMPT_TIMEOUT
         )
         if status is not None and 200 <= status < 300:
-            kind, reply = cloudevent.classify_reply(reply_headers, reply_body)
+            kind, reply = cloudevent.classify_reply(answer_headers, reply_body)
             if kind != "invalid":
                 replies = []
                 if reply is not None and claimed.kind == "subscriber" and ttl - 1 > 0:
@@ -346,7 +363,8 @@ class Dispatcher:
                     deliveries = fan_out(config, claimed.namespace, claimed.broker, reply)
                     replies.append(
                         Accept(claimed.namespace, claimed.broker, dict(reply.attributes),
-                               reply.data, deliveries)
+                               reply.data, deliveries,
+                               reply_headers(answer_headers.items(), claimed.headers))
                     )  # fmt: skip
                 return Outcome(claimed.id, "delivered", status, None, replies=replies)
             status, error = 502, NOT_A_CLOUDEVENT

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -69,6 +69,10 @@ CREATE TABLE IF NOT EXISTS knfn_attempts (
     latency_ms  double precision
 );
 CREATE INDEX IF NOT EXISTS knfn_attempts_delivery ON knfn_attempts (delivery_id);
+-- The headers of the request that brought the event which travel on with it (X-Request-Id,
+-- Knative-*, the trace context: sending.pass_through). Added later: an event stored before
+-- has none, as if it had come without them.
+ALTER TABLE knfn_events ADD COLUMN IF NOT EXISTS headers jsonb NOT NULL DEFAULT '{}';
 """
 
 
@@ -106,6 +110,7 @@ class Accept:
     attributes: dict[str, str]
     data: bytes | None
     deliveries: Sequence[NewDelivery]
+    headers: Mapping[str, str] = field(default_factory=dict)  # sending.pass_through
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,7 @@ class Claimed:
     data: bytes | None
     broker: str
     accepted_at: datetime
+    headers: dict[str, str] = field(default_factory=dict)  # the event's pass-through headers
 
 
 @dataclass(frozen=True)
@@ -172,14 +178,16 @@ async def _insert(cur: psycopg.AsyncCursor[Any], accepts: Sequence[Accept]) -> l
         ).fetchall()
     ]
     await cur.execute(
-        "INSERT INTO knfn_events (id, namespace, broker, attributes, data)"
-        " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::jsonb[], %s::bytea[])",
+        "INSERT INTO knfn_events (id, namespace, broker, attributes, data, headers)"
+        " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::jsonb[], %s::bytea[],"
+        " %s::jsonb[])",
         (
             ids,
             [a.namespace for a in accepts],
             [a.broker for a in accepts],
             [Jsonb(a.attributes) for a in accepts],
             [a.data for a in accepts],
+            [Jsonb(dict(a.headers)) for a in accepts],
         ),
     )
     await _insert_deliveries(
@@ -349,7 +357,8 @@ class EventStore:
                 " FROM due, knfn_events e"
                 " WHERE d.id = due.id AND e.id = d.event_id"
                 " RETURNING d.id, d.event_id, d.namespace, d.trigger, d.kind, d.destination,"
-                "  d.extensions, d.attempts, e.attributes, e.data, e.broker, e.accepted_at",
+                "  d.extensions, d.attempts, e.attributes, e.data, e.broker, e.accepted_at,"
+                "  e.headers",
                 (list(skip), limit, lease),
             )
             rows = await cur.fetchall()

@@ -2,9 +2,10 @@
 
 Above: requests per second (answered in each second) and the p50, p90 and p99 latency of
 those answers. Below: for each revision of the target, the replicas the autoscaler wanted
-(desired, dashed) and the ones ready (solid), its panic periods shaded and its cold starts
-marked. A dotted line marks the end of the load, so the stable window and the scale-down
-after it can be read off the axis.
+(desired, dashed) and the ones ready (solid), its panic periods shaded, the periods the
+activator was in its path as a band along the top, and its cold starts marked. A dotted line
+marks the end of the load, so the stable window and the scale-down after it can be read off
+the axis.
 
 Drawn with matplotlib's Agg canvas on a Figure of its own (no pyplot, no global state, no
 display needed), at a fixed size: :data:`WIDTH_PX` x :data:`HEIGHT_PX`.
@@ -19,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from knfn.load.series import Row, cold_starts, panic_spans, revision_names
+from knfn.load.series import Row, activator_spans, cold_starts, panic_spans, revision_names
 
 DPI = 100
 WIDTH_PX = 1200
@@ -96,6 +97,12 @@ def _replicas(ax: Axes, rows: Sequence[Row], names: Sequence[str]) -> None:
             ax.axvspan(
                 start, end, color=color, alpha=0.15, label=f"{name} panic" if j == 0 else None
             )
+        for j, (start, end) in enumerate(activator_spans(rows, name)):
+            # A band along the top, so it reads apart from the panic shading below it.
+            ax.axvspan(
+                start, end, ymin=0.95 - 0.05 * i, ymax=1.0 - 0.05 * i, color=color, alpha=0.6,
+                hatch="//", label=f"{name} activator in path" if j == 0 else None,
+            )  # fmt: skip
         marks = cold_starts(rows, name)
         if marks:
             # On the axis: a cold start is a start from zero ready replicas.

@@ -7,12 +7,13 @@ cold starts. Fields a runtime does not report are ``None`` here and left empty i
 
 The rows are written as a CSV (:func:`csv_header`, :func:`csv_row`), printed as one plain
 line a second when there is no terminal (:func:`plain_line`), and drawn (knfn/load/plot.py)
-with the panic periods and cold starts found by :func:`panic_spans` and :func:`cold_starts`.
+with the panic periods, the activator's time in the path and the cold starts found by
+:func:`panic_spans`, :func:`activator_spans` and :func:`cold_starts`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ class RevisionSample:
     panic_value: float | None = None
     target: float | None = None
     metric: str | None = None
+    activator: bool | None = None  # requests went through the activator (knfn/serving/activator.py)
 
 
 def _number(value: Any) -> float | None:
@@ -63,6 +65,7 @@ def revision_sample(raw: Mapping[str, Any]) -> RevisionSample:
         panic_value=_number(auto.get("panic_value")),
         target=_number(auto.get("target")),
         metric=auto.get("metric") if isinstance(auto.get("metric"), str) else None,
+        activator=in_path if isinstance(in_path := auto.get("activator_in_path"), bool) else None,
     )
 
 
@@ -187,15 +190,27 @@ def plain_line(row: Row) -> str:
 def panic_spans(rows: Sequence[Row], revision: str) -> list[tuple[float, float]]:
     """(start, end) times of the periods the revision was seen panicking. A sample stands for
     the half second either side of it, since panic began or ended between two samples."""
+    return _spans(rows, revision, lambda rev: rev.panic is True)
+
+
+def activator_spans(rows: Sequence[Row], revision: str) -> list[tuple[float, float]]:
+    """(start, end) times of the periods the activator was seen in the revision's path, as
+    :func:`panic_spans` finds panics."""
+    return _spans(rows, revision, lambda rev: rev.activator is True)
+
+
+def _spans(
+    rows: Sequence[Row], revision: str, seen: Callable[[RevisionSample], bool]
+) -> list[tuple[float, float]]:
     spans: list[tuple[float, float]] = []
     start: float | None = None
     last = 0.0
     for row in rows:
         rev = row.revision(revision)
-        panicking = rev is not None and rev.panic is True
-        if panicking and start is None:
+        on = rev is not None and seen(rev)
+        if on and start is None:
             start = row.t - 0.5
-        elif not panicking and start is not None:
+        elif not on and start is not None:
             spans.append((start, last + 0.5))
             start = None
         last = row.t

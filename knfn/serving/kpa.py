@@ -42,6 +42,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from knfn.serving.activator import excess_burst_capacity
 from knfn.serving.autoscaler_config import BUCKET_SIZE, RPS
 from knfn.serving.autoscaling import RevisionScaling
 
@@ -347,14 +348,10 @@ class Autoscaler:
     # ---- burst capacity -----------------------------------------------------------------
 
     def _excess_burst_capacity(self, ready_pods: int, panic: float) -> int:
-        tbc = self.scaling.target_burst_capacity
-        if tbc <= 0:
-            return int(tbc)  # 0: none asked for; -1: unlimited, activator always in path
-        return math.floor(ready_pods * self.scaling.total_target - tbc - panic)
+        s = self.scaling
+        return excess_burst_capacity(ready_pods, s.total_target, s.target_burst_capacity, panic)
 
     def _initial_excess_burst_capacity(self) -> int:
         # multiscaler.go createScaler: as if the initial replicas were ready and idle.
-        tbc = self.scaling.target_burst_capacity
-        if tbc <= 0:
-            return int(tbc)
-        return int(self.scaling.initial_scale * self.scaling.total_target - tbc)
+        s = self.scaling
+        return excess_burst_capacity(s.initial_scale, s.total_target, s.target_burst_capacity, 0.0)

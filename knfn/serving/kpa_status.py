@@ -6,11 +6,9 @@ Knative's autoscaler metric names, so the two always agree. The fields are liste
 ``FIELDS`` order; ``panic_since`` is wall-clock UTC although the KPA runs on a monotonic clock,
 so the caller passes both clocks' readings of "now".
 
-Whether the activator is in the request path follows the KPA reconciler's choice of the
-ServerlessService mode (knative/serving ``pkg/reconciler/autoscaling/kpa/kpa.go``): proxy mode
-(requests go through the activator) when the revision is scaled to zero or the excess burst
-capacity is negative (a target-burst-capacity of -1 makes it -1, so always), serve mode
-otherwise.
+``activator_in_path`` is what the revision's throttler does with a request arriving now
+(knfn/serving/activator.py): the ServerlessService's proxy mode, as the KPA reconciler chooses
+it from this decision, or no replica ready.
 """
 
 from __future__ import annotations
@@ -27,11 +25,6 @@ FIELDS = (
 )  # fmt: skip
 
 
-def activator_in_path(requested_pods: int, excess_burst_capacity: int) -> bool:
-    """kpa.go's SKS mode: proxy when the scale asked for is zero or the EBC is negative."""
-    return requested_pods == 0 or excess_burst_capacity < 0
-
-
 def iso_utc(seconds: float) -> str:
     """Epoch seconds as ``2026-12-02T03:01:02.123Z`` (milliseconds, UTC)."""
     moment = datetime.fromtimestamp(seconds, UTC)
@@ -43,15 +36,15 @@ def autoscaler_status(
     decision: Decision,
     *,
     ready_pods: int,
-    requested_pods: int,
+    activator_in_path: bool,
     now: float,
     wall_now: float,
 ) -> dict[str, Any]:
     """The ``autoscaler`` object of a revision in /status.
 
     ``now`` is the reading of the clock the decision was made on (``decision.panic_since`` is
-    on it), ``wall_now`` the epoch seconds at the same moment; ``requested_pods`` is the scale
-    the revision asks for (0 when no route reaches it any more).
+    on it), ``wall_now`` the epoch seconds at the same moment; ``activator_in_path`` whether
+    requests go through the activator now.
     """
     since = decision.panic_since
     return {
@@ -64,5 +57,5 @@ def autoscaler_status(
         "desired_pods": decision.desired_pods,
         "ready_pods": ready_pods,
         "excess_burst_capacity": decision.excess_burst_capacity,
-        "activator_in_path": activator_in_path(requested_pods, decision.excess_burst_capacity),
+        "activator_in_path": activator_in_path,
     }

@@ -4,7 +4,8 @@ A revision scales to what its autoscaler (kpa.py) decides and the replica budget
 applied by admission.py) allows. Replicas are started, probed, retired to drain, and replaced
 with a backoff when they crash, as the Deployment of a Knative revision would be; each ready
 one is an endpoint of the revision's throttler (throttler.py), which the gateway admits
-requests through.
+requests through. After every decision the revision's activator (activator.py) takes the mode
+the KPA reconciler would give its ServerlessService: the activator in the path or not.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from knfn import manifests as mf
 from knfn import metrics
 from knfn.serving import budget
+from knfn.serving.activator import Activator
 from knfn.serving.context import ReplicaHandle
 from knfn.serving.kpa_status import autoscaler_status
 from knfn.serving.replica import ReplicaError, ReplicaSpec
@@ -52,11 +54,16 @@ class RevisionRuntime:
         self.revision = revision
         self.ctx = serving.ctx
         self.decider = self.ctx.new_decider(service)
+        self.desired = self.decider.initial_pods()
+        self.activator = Activator()
+        self.activator.follow(self.desired, self.decider.last.excess_burst_capacity)
         self.throttler = Throttler(
-            service.container_concurrency, on_cold=self.poke, clock=self.ctx.clock
+            service.container_concurrency,
+            activator=self.activator,
+            on_cold=self.poke,
+            clock=self.ctx.clock,
         )
         self.slots: list[ReplicaSlot] = []
-        self.desired = self.decider.initial_pods()
         self.routable = True
         self.capped_at: int | None = None
         self.capped_by: str | None = None  # what holds it below desired (budget.py)
@@ -83,6 +90,10 @@ class RevisionRuntime:
         return float(self.service.response_start_timeout_seconds)
 
     @property
+    def idle_timeout_seconds(self) -> float:
+        return float(self.service.idle_timeout_seconds)
+
+    @property
     def labels(self) -> tuple[str, str, str]:
         return self._labels
 
@@ -102,6 +113,7 @@ class RevisionRuntime:
             self._cold_since = now
         self.decider.poke(now)
         self.desired = max(self.desired, self.decider.decide(now, self.ready).desired_pods)
+        self._follow()
         self.reconcile()
 
     def record(self, now: float) -> None:
@@ -110,7 +122,12 @@ class RevisionRuntime:
 
     def decide(self, now: float) -> None:
         self.desired = self.decider.decide(now, self.ready).desired_pods if self.routable else 0
+        self._follow()
         self.reconcile()
+
+    def _follow(self) -> None:
+        """The activator in the path or not, from the scale asked for and the latest EBC."""
+        self.activator.follow(self.requested, self.decider.last.excess_burst_capacity)
 
     @property
     def key(self) -> str:
@@ -282,7 +299,7 @@ class RevisionRuntime:
             self.decider.scaling,
             self.decider.last,
             ready_pods=self.ready,
-            requested_pods=self.requested,
+            activator_in_path=self.throttler.activator_in_path,
             now=self.ctx.clock(),
             wall_now=self.ctx.wall_clock(),
         )
@@ -295,6 +312,7 @@ class RevisionRuntime:
             self.autoscaler_status(), self.requested, not_ready=active - ready,
             pending=max(0, self.requested - active),
             terminating=sum(1 for s in self.slots if s.stopping),
+            activator_queued=self.activator.held,
         )  # fmt: skip
 
     def status(self, percent: int, tag: str | None) -> dict[str, Any]:

@@ -1,8 +1,15 @@
-"""Admission for one revision: what queue-proxy and the activator decide, in one place.
+"""Admission for one revision: queue-proxy's rules, with the activator in front when Knative
+would put it there.
 
-- Each replica admits ``containerConcurrency`` requests at once (0: no limit); past that,
-  requests queue, up to 10 x CC per replica, and the next one is refused (503, "pending request
-  queue full": knative/serving pkg/queue/breaker.go).
+- Each replica admits ``containerConcurrency`` requests at once (0: no limit). A request that
+  finds no free slot waits where Knative would hold it: in the activator's per-revision queue
+  while the activator is in the path (at zero, or while the excess burst capacity is negative:
+  knfn/serving/activator.py), else in the replicas' queue-proxy queue, up to 10 x CC per
+  replica, past which it is refused (503, "pending request queue full":
+  knative/serving pkg/queue/breaker.go, queue depth from pkg/queue/sharedmain/main.go).
+- Both queues hand out the replicas' slots by containerConcurrency, first come first served:
+  upstream each queue-proxy queues for its own pod; pooled here, which never refuses a request
+  another replica had room for.
 - With no replica (scaled to zero) requests are held, as the activator holds them, and the
   autoscaler is poked at once (pkg/activator/net/throttler.go).
 - Load balancing as the activator's: CC 0, the better of two random choices; CC <= 3, the first
@@ -21,13 +28,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from knfn.serving.activator import Activator, Overloaded
+
+__all__ = ["ConcurrencyMeter", "Endpoint", "Overloaded", "Throttler"]
+
+# queue-proxy's queue: 10 x containerConcurrency (pkg/queue/sharedmain/main.go buildBreaker).
 QUEUE_DEPTH_PER_SLOT = 10
-# Requests the activator holds for a revision at zero before it refuses more.
-ACTIVATOR_QUEUE = 10_000
-
-
-class Overloaded(Exception):
-    """The revision's queue is full: answer 503."""
 
 
 @dataclass(eq=False)
@@ -77,20 +83,26 @@ class ConcurrencyMeter:
 
 
 class Throttler:
-    """Per-revision admission: pick a replica with room, queue, hold at zero, or refuse."""
+    """Per-revision admission: pick a replica with room, queue (at the activator or at the
+    replicas), or refuse. ``activator`` says when the activator is in the path; without one
+    it is there only at zero."""
 
     def __init__(
         self,
         container_concurrency: int,
         *,
+        activator: Activator | None = None,
         on_cold: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         rand: random.Random | None = None,
     ) -> None:
         self.cc = container_concurrency
         self._on_cold = on_cold
+        self.activator = activator or Activator()
+        self.queued = 0  # requests waiting in the replicas' queue-proxy queue
         self._endpoints: list[Endpoint] = []
-        self._waiters: deque[asyncio.Future[Endpoint]] = deque()
+        # Each waiter, and whether the activator holds it (else a queue-proxy queue does).
+        self._waiters: deque[tuple[asyncio.Future[Endpoint], bool]] = deque()
         self._turn = 0
         self._rand = rand or random.Random()
         self.meter = ConcurrencyMeter(clock)
@@ -101,11 +113,16 @@ class Throttler:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        """Requests waiting for a slot, at the activator or at the replicas."""
+        return self.activator.held + self.queued
+
+    @property
+    def activator_in_path(self) -> bool:
+        """Whether a request arriving now goes through the activator."""
+        return self.activator.in_path(len(self._endpoints))
 
     def queue_limit(self) -> float:
-        if not self._endpoints:
-            return ACTIVATOR_QUEUE
+        """queue-proxy's queue over the ready replicas: 10 x CC each (CC 0: no limit)."""
         if self.cc == 0:
             return float("inf")
         return QUEUE_DEPTH_PER_SLOT * self.cc * len(self._endpoints)
@@ -117,13 +134,22 @@ class Throttler:
         if endpoint is not None:
             endpoint.in_flight += 1
             return endpoint
-        if len(self._waiters) >= self.queue_limit():
+        held = self.activator_in_path
+        try:
+            if held:
+                self.activator.hold()
+            elif self.queued >= self.queue_limit():
+                raise Overloaded(f"pending request queue full ({self.queued} waiting)")
+            else:
+                self.queued += 1
+        except Overloaded:
             self.meter.leave()
-            raise Overloaded(f"pending request queue full ({len(self._waiters)} waiting)")
+            raise
         if not self._endpoints:
             self._on_cold()
         future: asyncio.Future[Endpoint] = asyncio.get_running_loop().create_future()
-        self._waiters.append(future)
+        entry = (future, held)
+        self._waiters.append(entry)
         try:
             return await future
         except BaseException:
@@ -132,9 +158,17 @@ class Throttler:
                 self.release(future.result())
             else:
                 with contextlib.suppress(ValueError):  # already skipped by _dispatch
-                    self._waiters.remove(future)
+                    self._waiters.remove(entry)
+                    self._left(held)
                 self.meter.leave()
             raise
+
+    def _left(self, held: bool) -> None:
+        """A waiter left its queue (served, or gave up)."""
+        if held:
+            self.activator.forwarded()
+        else:
+            self.queued -= 1
 
     def release(self, endpoint: Endpoint) -> None:
         """The request is done: free its slot and hand it to the next waiter."""
@@ -159,7 +193,8 @@ class Throttler:
             endpoint = self._pick()
             if endpoint is None:
                 return
-            future = self._waiters.popleft()
+            future, held = self._waiters.popleft()
+            self._left(held)
             if future.done():
                 continue
             endpoint.in_flight += 1

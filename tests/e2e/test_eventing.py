@@ -103,6 +103,8 @@ def manifests(rec: Recorder) -> str:
         trigger("garbage", "test.garbage", "garbage"),
         trigger("ask", "test.ask", "reply"),
         trigger("answers", "test.answer", "answers"),
+        trigger("headers", "test.headers", "headers"),
+        trigger("structured", "test.structured", "structured", "  delivery: {format: json}\n"),
         "apiVersion: eventing.knative.dev/v1\nkind: Trigger\n"
         "metadata: {name: to-sequence, namespace: default}\n"
         "spec:\n  broker: default\n  filter: {attributes: {type: test.seq}}\n"
@@ -302,13 +304,134 @@ def test_invalid_events_get_400_with_the_reason(
     assert fragment.lower() in json.loads(text)["error"].lower()
 
 
+def answer_headers(knfn: Knfn, method: str) -> tuple[int, dict[str, str]]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", knfn.port, timeout=10)
+    try:
+        conn.request(method, "/default/default", headers={"Host": BROKER})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+
+
 def test_ingress_methods_and_unknown_broker(knfn: Knfn) -> None:
-    """OPTIONS 200, GET 405, an unknown broker 404, a valid event 202."""
-    assert ingress(knfn, "OPTIONS", "/default/default", {}, b"")[0] == 200
-    assert ingress(knfn, "GET", "/default/default", {}, b"")[0] == 405
+    """OPTIONS 200 with the webhook headers, GET 405 with Allow (pkg/broker/ingress/
+    ingress_handler.go, cloudevents/spec http-webhook.md 4.2), an unknown broker 404, a valid
+    event 202."""
+    status, headers = answer_headers(knfn, "OPTIONS")
+    assert status == 200 and headers["allow"] == "POST, OPTIONS"
+    assert headers["webhook-allowed-origin"] == "*" and headers["webhook-allowed-rate"] == "*"
+    status, headers = answer_headers(knfn, "GET")
+    assert status == 405 and headers["allow"] == "POST, OPTIONS"
     status, text = ingress(knfn, "POST", "/default/nope", BINARY, b"")
     assert status == 404 and "/default/default" in text
     assert ingress(knfn, "POST", "/default/default", BINARY, b"")[0] == 202
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def delivered(recorder: Recorder, path: str, event_id: str) -> tuple[dict[str, str], bytes]:
+    """The headers (lowercased names) and body of the first delivery of event_id to path."""
+    wait_for(f"{event_id} at /{path}", lambda: event_id in recorder.ids(path), timeout=30)
+    _, headers, body = next(c for c in recorder.calls[path] if c[1].get("ce-id") == event_id)
+    return {k.lower(): v for k, v in headers.items()}, body
+
+
+def test_a_subscriber_sees_knatives_headers_and_no_client_defaults(
+    knfn: Knfn, recorder: Recorder
+) -> None:
+    """pkg/broker/filter/filter_handler.go, pkg/kncloudevents/event_dispatcher.go and
+    pkg/utils/headers.go: Prefer: reply, Kn-Namespace, and the ingress request's X-Request-Id,
+    Knative-* and trace context; no User-Agent, Accept or Accept-Encoding of knfn's client (nor
+    the sender's, which are not passed through)."""
+    sent = {
+        **BINARY, "ce-id": "h1", "ce-type": "test.headers", "Content-Type": "application/json",
+        "X-Request-Id": "req-h1", "traceparent": TRACEPARENT, "tracestate": "k=v",
+        "Knative-Custom": "yes", "Prefer": "respond-async", "User-Agent": "tester/1",
+    }  # fmt: skip
+    assert ingress(knfn, "POST", "/default/default", sent, b'{"n": 1}')[0] == 202
+    headers, body = delivered(recorder, "headers", "h1")
+    assert headers["prefer"] == "reply" and headers["kn-namespace"] == "default"
+    assert headers["x-request-id"] == "req-h1" and headers["traceparent"] == TRACEPARENT
+    assert headers["tracestate"] == "k=v" and headers["knative-custom"] == "yes"
+    assert not {"user-agent", "accept", "accept-encoding"} & headers.keys(), headers
+    assert headers["content-type"] == "application/json" and json.loads(body) == {"n": 1}
+
+
+def test_a_dead_letter_has_the_pass_through_headers_but_no_prefer(
+    knfn: Knfn, recorder: Recorder
+) -> None:
+    """The dead-letter sink gets Kn-Namespace and X-Request-Id, not Prefer: reply."""
+    recorder.script["refused"] = [400]
+    sent = {**BINARY, "ce-id": "h2", "ce-type": "test.refused", "X-Request-Id": "req-h2"}
+    assert ingress(knfn, "POST", "/default/default", sent, b"")[0] == 202
+    headers, _ = delivered(recorder, "dls", "h2")
+    assert headers["kn-namespace"] == "default" and headers["x-request-id"] == "req-h2"
+    assert "prefer" not in headers and headers["ce-knativeerrorcode"] == "400"
+
+
+def test_a_trigger_with_format_json_delivers_structured(knfn: Knfn, recorder: Recorder) -> None:
+    """delivery.format: json (filter_handler.go WithEventFormat): the subscriber gets
+    application/cloudevents+json with the attributes in the body, whatever came in."""
+    sent = {**BINARY, "ce-id": "j1", "ce-type": "test.structured", "ce-ext": "e",
+            "Content-Type": "application/json"}  # fmt: skip
+    assert ingress(knfn, "POST", "/default/default", sent, b'{"n": 2}')[0] == 202
+    wait_for("j1", lambda: bool(recorder.calls["structured"]))
+    _, raw, body = recorder.calls["structured"][-1]
+    headers = {k.lower(): v for k, v in raw.items()}
+    assert headers["content-type"].startswith("application/cloudevents+json")
+    assert not [h for h in headers if h.startswith("ce-")], headers
+    doc = json.loads(body)
+    assert (doc["id"], doc["ext"], doc["data"]) == ("j1", "e", {"n": 2})
+    assert "knativebrokerttl" not in doc and headers["prefer"] == "reply"
+
+
+def stored_attributes(knfn: Knfn, event_id: str, trigger: str) -> dict[str, str]:
+    """The attributes the broker stored for this event (the event inspector's view)."""
+    events = knfn.admin("/events?limit=500")["events"]
+    number = next(
+        e["event"] for e in events if e["event_id"] == event_id and e["trigger"] == trigger
+    )
+    attributes: dict[str, str] = knfn.admin(f"/events/{number}")["attributes"]
+    return attributes
+
+
+@pytest.mark.parametrize(("ttl", "stored"), [("10", "9"), ("not-a-number", "255")])
+def test_the_ingress_lowers_the_ttl_and_resets_a_bad_one(
+    knfn: Knfn, recorder: Recorder, ttl: str, stored: str
+) -> None:
+    """pkg/broker/ttl.go TTLDefaulter: lowered by one on the way in; not an integer, reset to
+    255 (not refused); the subscriber never sees it."""
+    event_id = f"ttl-{ttl}"
+    sent = {**BINARY, "ce-id": event_id, "ce-type": "test.headers", "ce-knativebrokerttl": ttl}
+    assert ingress(knfn, "POST", "/default/default", sent, b"")[0] == 202
+    headers, _ = delivered(recorder, "headers", event_id)
+    assert "ce-knativebrokerttl" not in headers
+    assert stored_attributes(knfn, event_id, "headers")["knativebrokerttl"] == stored
+
+
+def test_a_reply_comes_back_with_the_ttl_lowered_again(knfn: Knfn, recorder: Recorder) -> None:
+    """TTL 10 in: 9 stored; the subscriber's reply re-enters with 8 (the filter keeps 9 on
+    the reply, the ingress lowers it)."""
+    sent = {**BINARY, "ce-id": "q2", "ce-type": "test.ask", "ce-knativebrokerttl": "10"}
+    assert ingress(knfn, "POST", "/default/default", sent, b"")[0] == 202
+    wait_for("the answer", lambda: "answer-q2" in recorder.ids("answers"))
+    assert stored_attributes(knfn, "q2", "ask")["knativebrokerttl"] == "9"
+    assert stored_attributes(knfn, "answer-q2", "answers")["knativebrokerttl"] == "8"
+
+
+def test_a_0_3_event_is_delivered_as_0_3(knfn: Knfn, recorder: Recorder) -> None:
+    """CloudEvents 0.3 is accepted and passed on unconverted, as the Go SDK does."""
+    sent = {**BINARY, "ce-specversion": "0.3", "ce-id": "v03", "ce-type": "test.headers",
+            "ce-schemaurl": "http://schema.example/s"}  # fmt: skip
+    assert ingress(knfn, "POST", "/default/default", sent, b"")[0] == 202
+    headers, _ = delivered(recorder, "headers", "v03")
+    assert headers["ce-specversion"] == "0.3"
+    assert headers["ce-schemaurl"] == "http://schema.example/s"
 
 
 def test_kill_9_loses_no_accepted_event(knfn: Knfn, recorder: Recorder) -> None:

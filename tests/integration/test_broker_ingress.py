@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -26,7 +27,7 @@ from knfn.eventing import cloudevent, filters
 from knfn.eventing.broker import Ingress
 from knfn.eventing.config import Broker, EventingConfig, Trigger
 from knfn.eventing.delivery import DeliverySpec
-from knfn.eventing.store import Accept, EventRejected, EventStore, NewDelivery
+from knfn.eventing.store import SCHEMA, Accept, Claimed, EventRejected, EventStore, NewDelivery
 from knfn.ports import free_port
 from tests.support import assert_json_error, binary, request
 
@@ -137,6 +138,124 @@ def test_a_group_refused_for_its_data_is_committed_item_by_item(
     assert all(isinstance(r, int) for r in results[:20]), results
     assert isinstance(results[20], EventRejected), results[20]
     assert stored_ids(knfn_db, source) == sorted(f"ok-{i}" for i in range(20))
+
+
+def stored(database_url: str, source: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(attributes, headers) of the one event stored with this source."""
+    with psycopg.connect(database_url) as conn:
+        [(attributes, headers)] = conn.execute(
+            "SELECT attributes, headers FROM knfn_events WHERE attributes->>'source' = %s",
+            (source,),
+        ).fetchall()
+    return attributes, headers
+
+
+def test_options_and_405_answer_as_knatives_ingress(served: Served) -> None:
+    """pkg/broker/ingress/ingress_handler.go: OPTIONS 200 with WebHook-Allowed-Origin and
+    WebHook-Allowed-Rate "*" (cloudevents/spec http-webhook.md 4.2); GET 405; both, and
+    every other answer, with Allow: POST, OPTIONS."""
+    import http.client
+
+    for method, status in (("OPTIONS", 200), ("GET", 405), ("PUT", 405), ("POST", 202)):
+        conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+        headers = binary("/methods", method) if method == "POST" else {}
+        conn.request(method, PATH, body=b"{}" if method == "POST" else None, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        assert resp.status == status, method
+        assert resp.getheader("Allow") == "POST, OPTIONS", method
+        webhook = (resp.getheader("WebHook-Allowed-Origin"), resp.getheader("WebHook-Allowed-Rate"))
+        assert webhook == (("*", "*") if method == "OPTIONS" else (None, None)), method
+
+
+@pytest.mark.parametrize(
+    ("ttl", "stored_ttl"),
+    [(None, "255"), ("10", "9"), ("2", "1"), ("not-a-number", "255"), ("", "255")],
+)
+def test_the_ttl_is_lowered_or_reset(
+    served: Served, knfn_db: str, ttl: str | None, stored_ttl: str
+) -> None:
+    """pkg/broker/ttl.go TTLDefaulter: absent or not an integer, 255; else lowered by one."""
+    source = f"/ttl/{uuid.uuid4()}"
+    headers = binary(source, "1")
+    if ttl is not None:
+        headers["ce-knativebrokerttl"] = ttl
+    assert served.post(headers, b"{}")[0] == 202
+    assert stored(knfn_db, source)[0]["knativebrokerttl"] == stored_ttl
+
+
+@pytest.mark.parametrize("ttl", ["1", "0", "-3"])
+def test_a_ttl_that_reaches_0_is_refused(served: Served, ttl: str) -> None:
+    """1 lowered is 0, and 0 stays 0: the event has looped too often, 400."""
+    status, content_type, body = served.post(
+        {**binary("/ttl-end", "1"), "ce-knativebrokerttl": ttl}, b"{}"
+    )
+    assert status == 400
+    assert "knativebrokerttl" in assert_json_error(status, content_type, body)
+
+
+def test_the_pass_through_headers_are_stored_with_the_event(served: Served, knfn_db: str) -> None:
+    """X-Request-Id, Knative-* and the trace context are kept (pkg/utils/headers.go); other
+    headers are not."""
+    source = f"/headers/{uuid.uuid4()}"
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    headers = {**binary(source, "1"), "X-Request-Id": "req-7", "traceparent": trace,
+               "Knative-Custom": "k", "User-Agent": "test", "Prefer": "reply"}  # fmt: skip
+    assert served.post(headers, b"{}")[0] == 202
+    assert stored(knfn_db, source)[1] == {
+        "X-Request-Id": "req-7",
+        "Traceparent": trace,
+        "Knative-Custom": "k",
+    }
+
+
+def test_a_0_3_event_is_accepted_and_stored_as_0_3(served: Served, knfn_db: str) -> None:
+    """As the Go SDK reads it: specversion 0.3 kept, no conversion to 1.0."""
+    source = f"/v03/{uuid.uuid4()}"
+    headers = {**binary(source, "1"), "ce-specversion": "0.3", "ce-schemaurl": "http://s"}
+    assert served.post(headers, b"{}")[0] == 202
+    attributes, _ = stored(knfn_db, source)
+    assert attributes["specversion"] == "0.3" and attributes["schemaurl"] == "http://s"
+
+
+def test_a_store_made_before_the_headers_column_opens_and_delivers(
+    backing: services.BackingEnv,
+) -> None:
+    """A state dir from before: knfn_events without ``headers`` gets the column on open, and
+    its pending event is claimed with no headers."""
+    name = f"old_{uuid.uuid4().hex[:12]}"
+    admin_url = backing.knfn_database_url
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    old_schema = SCHEMA.split("ALTER TABLE knfn_events ADD COLUMN IF NOT EXISTS headers")[0]
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(old_schema)
+            conn.execute(
+                "INSERT INTO knfn_events (namespace, broker, attributes)"
+                " VALUES ('default', 'default', '{\"id\": \"old\"}')"
+            )
+            conn.execute(
+                "INSERT INTO knfn_deliveries (event_id, namespace, trigger, destination)"
+                " SELECT id, 'default', 't', 'http://x/' FROM knfn_events"
+            )
+
+        async def claim() -> list[Claimed]:
+            store = EventStore(url)
+            await store.open()
+            try:
+                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                    return await store.claim(conn, 10, timedelta(seconds=60))
+            finally:
+                await store.close()
+
+        [claimed] = asyncio.run(claim())
+        assert claimed.attributes == {"id": "old"} and claimed.headers == {}
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def test_a_body_over_the_limit_is_413(served: Served) -> None:

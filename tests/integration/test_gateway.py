@@ -24,6 +24,7 @@ class Rev:
         self.labels = ("default", name, f"{name}-00001")
         self.timeout_seconds = timeout
         self.response_start_timeout_seconds = response_start
+        self.idle_timeout_seconds = 0.0
         self.throttler = Throttler(0)
         for url in urls:
             self.throttler.add(url)

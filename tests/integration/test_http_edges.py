@@ -26,6 +26,7 @@ class Rev:
         self.labels = ("default", "echo", "echo-00001")
         self.timeout_seconds = 30.0
         self.response_start_timeout_seconds = 30.0
+        self.idle_timeout_seconds = 0.0
         self.throttler = Throttler(1)
         self.throttler.add(url)
 

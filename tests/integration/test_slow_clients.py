@@ -37,6 +37,7 @@ class Rev:
         self.labels = ("default", "echo", "echo-00001")
         self.timeout_seconds = 30.0
         self.response_start_timeout_seconds = 30.0
+        self.idle_timeout_seconds = 0.0
         self.throttler = Throttler(cc)
         self.throttler.add(url)
 

@@ -152,13 +152,60 @@ def test_all_problems_are_reported_at_once() -> None:
     assert isinstance(info.value, KnfnError) and isinstance(info.value, ValueError)
 
 
+@pytest.mark.parametrize("version", ["2.0", "0.2", "1", ""])
+def test_only_specversions_1_0_and_0_3_are_accepted(version: str) -> None:
+    """Any other specversion is named as unknown."""
+    message = reason({**REQUIRED_HEADERS, "ce-specversion": version}, b"")
+    assert f"unknown specversion {version!r}" in message
+
+
+# -- CloudEvents 0.3, passed through as the Go SDK does (sdk-go v2/event/eventcontext_v03.go) --
+
+V03 = {**REQUIRED_HEADERS, "ce-specversion": "0.3"}
+
+
+def test_a_0_3_binary_event_is_read_and_written_as_0_3() -> None:
+    """A 0.3 event keeps its specversion and schemaurl in both modes: nothing is converted."""
+    headers = {**V03, "ce-schemaurl": "http://x/s", "Content-Type": "text/plain"}
+    event = from_http(headers, b"hi")
+    assert event.specversion == "0.3" and event.attributes["schemaurl"] == "http://x/s"
+    out, body = to_binary(event)
+    assert out["ce-specversion"] == "0.3" and body == b"hi"
+    assert from_http(*to_structured(event)) == event
+
+
+def test_a_0_3_structured_event_with_datacontentencoding_base64_has_decoded_data() -> None:
+    """0.3 JSON format: "datacontentencoding": "base64" makes "data" base64 text; written back
+    structured, binary data goes out the same way (0.3 has no data_base64)."""
+    doc = {"specversion": "0.3", "id": "1", "source": "/s", "type": "t",
+           "datacontenttype": "application/octet-stream", "datacontentencoding": "base64",
+           "data": base64.b64encode(b"\x00\xff").decode()}  # fmt: skip
+    event = from_http(STRUCTURED, json.dumps(doc).encode())
+    assert event.data == b"\x00\xff" and "datacontentencoding" not in event.attributes
+    _, body = to_structured(event)
+    written = json.loads(body)
+    assert written["datacontentencoding"] == "base64" and "data_base64" not in written
+    assert written["data"] == doc["data"]
+    assert from_http(*to_structured(event)) == event
+
+
 @pytest.mark.parametrize(
-    ("version", "mentions"),
-    [("0.3", "specversion '0.3' is not supported"), ("2.0", "unknown specversion '2.0'")],
+    ("headers", "body", "mentions"),
+    [
+        ({**V03, "ce-schemaurl": " "}, b"", "'schemaurl'"),
+        ({**V03, "ce-datacontentencoding": "gzip"}, b"", "only 'base64'"),
+        (
+            STRUCTURED,
+            b'{"specversion":"0.3","id":"1","source":"/s","type":"t",'
+            b'"datacontentencoding":"base64","data":"***"}',
+            '"data" is not base64',
+        ),
+    ],
 )
-def test_only_specversion_1_0_is_accepted(version: str, mentions: str) -> None:
-    """0.3 is named as unsupported, anything else as unknown."""
-    assert mentions in reason({**REQUIRED_HEADERS, "ce-specversion": version}, b"")
+def test_0_3_rules(headers: dict[str, str], body: bytes, mentions: str) -> None:
+    """0.3's own checks: schemaurl non-empty, datacontentencoding only base64 (and then the
+    data must be base64)."""
+    assert mentions in reason(headers, body)
 
 
 def test_a_request_without_cloudevent_headers_is_not_a_cloudevent() -> None:

@@ -196,6 +196,8 @@ def test_backoff_needs_both_policy_and_delay(raw: dict[str, Any]) -> None:
         ({"timeout": "ten seconds"}, "spec.delivery.timeout: 'ten seconds' is not an ISO-8601"),
         ({"timeout": "PT0S"}, "spec.delivery.timeout: 'PT0S' must be greater than zero"),
         ({"format": "xml"}, "spec.delivery.format: 'xml' must be json or binary"),
+        # pkg/apis/duck/v1/delivery_types.go Validate: exactly "json" or "binary".
+        ({"format": "JSON"}, "spec.delivery.format: 'JSON' must be json or binary"),
         ({"retryAfterMax": "PT1S"}, "spec.delivery.retryAfterMax: needs the delivery-retryafter"),
         ({"deadLetterSink": {}}, "spec.delivery.deadLetterSink: needs a ref or a uri"),
         ([], "spec.delivery: must be an object"),
@@ -237,12 +239,16 @@ BROKER = DeliverySpec(retry=5, backoff_delay=1.0, timeout=30.0, dead_letter_sink
         ),
         (DeliverySpec(retry=1), None, DeliverySpec(retry=1)),
         (DeliverySpec(retry=1), DeliverySpec(retry=7), DeliverySpec(retry=1)),
+        # filter_handler.go reads only the Trigger's own delivery.format.
+        (None, DeliverySpec(retry=7, format="json"), DeliverySpec(retry=7)),
+        (DeliverySpec(format="json"), DeliverySpec(format="binary"), DeliverySpec(format="json")),
     ],
 )
 def test_effective_delivery(
     trigger: DeliverySpec | None, broker: DeliverySpec | None, expected: DeliverySpec
 ) -> None:
-    """A Trigger's delivery replaces the Broker's wholesale, except the dead-letter sink."""
+    """A Trigger's delivery replaces the Broker's wholesale, except the dead-letter sink; the
+    format is only ever the Trigger's."""
     assert effective(trigger, broker) == expected
 
 

@@ -11,7 +11,7 @@ import pytest
 from knfn import metrics
 from knfn.serving.autoscaling import RevisionScaling
 from knfn.serving.kpa import Decision
-from knfn.serving.kpa_status import FIELDS, activator_in_path, autoscaler_status, iso_utc
+from knfn.serving.kpa_status import FIELDS, autoscaler_status, iso_utc
 from knfn.serving.revision_runtime import RevisionRuntime
 from knfn.serving.throttler import Endpoint
 from tests.unit.fakes import AT_ZERO, World, service, settle, world
@@ -32,7 +32,7 @@ def decision(**changes: object) -> Decision:
 def test_status_carries_the_decision_the_target_and_the_ready_count() -> None:
     """Every contract field, in order, from the decision, the settings and the ready count."""
     got = autoscaler_status(
-        RevisionScaling(target=7.0), decision(), ready_pods=3, requested_pods=5, now=50.0,
+        RevisionScaling(target=7.0), decision(), ready_pods=3, activator_in_path=False, now=50.0,
         wall_now=1_800_000_000.0,
     )  # fmt: skip
     assert tuple(got) == FIELDS
@@ -47,7 +47,7 @@ def test_panic_since_is_the_wall_clock_moment_the_panic_started() -> None:
     """A panic that started 12.5 s ago on the monotonic clock is dated 12.5 s before now."""
     got = autoscaler_status(
         RevisionScaling(), decision(panicking=True, panic_since=87.5), ready_pods=1,
-        requested_pods=5, now=100.0, wall_now=1_800_000_012.5,
+        activator_in_path=False, now=100.0, wall_now=1_800_000_012.5,
     )  # fmt: skip
     assert got["panic_mode"] is True
     assert got["panic_since"] == "2027-01-15T08:00:00.000Z" == iso_utc(1_800_000_000.0)
@@ -58,25 +58,10 @@ def test_iso_utc_keeps_milliseconds() -> None:
     assert iso_utc(1_800_000_000.1234) == "2027-01-15T08:00:00.123Z"
 
 
-@pytest.mark.parametrize(
-    ("requested", "ebc", "in_path"),
-    [
-        (3, 100, False),  # enough spare capacity: serve mode
-        (3, 0, False),  # target-burst-capacity 0: never in the path once scaled
-        (3, -5, True),  # not enough spare capacity for the burst: proxy mode
-        (3, -1, True),  # target-burst-capacity -1: always in the path
-        (0, 100, True),  # scaled to zero: the activator holds the requests
-    ],
-)
-def test_activator_in_path_as_the_sks_mode(requested: int, ebc: int, in_path: bool) -> None:
-    """Proxy mode when the scale asked for is zero or the excess burst capacity is negative."""
-    assert activator_in_path(requested, ebc) is in_path
-
-
 def revision_row(metric: str) -> metrics.RevisionAutoscaling:
     status = autoscaler_status(
         RevisionScaling(metric=metric, target=70.0), decision(panicking=True, panic_since=1.0),
-        ready_pods=3, requested_pods=5, now=2.0, wall_now=2.0,
+        ready_pods=3, activator_in_path=False, now=2.0, wall_now=2.0,
     )  # fmt: skip
     return metrics.RevisionAutoscaling(
         "default", "hello", "hello-00001", status, 5, not_ready=1, pending=1, terminating=2
@@ -93,6 +78,7 @@ def test_knative_metrics_carry_the_status_values() -> None:
         "autoscaler_stable_request_concurrency": 12.5,
         "autoscaler_panic_request_concurrency": 20.25,
         "autoscaler_target_concurrency_per_pod": 70.0, "autoscaler_panic_mode": 1,
+        "knfn_activator_in_path": 0, "kn_revision_request_queued": 0,
     }  # fmt: skip
 
 
