@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,35 @@ class ManifestError(KnfnError):
     def __init__(self, path: Path, obj: str, fld: str, problem: str) -> None:
         super().__init__(f"{path}: {obj}: {fld}: {problem}")
         self.path, self.obj, self.field, self.problem = path, obj, fld, problem
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One object of the manifests, as every loader receives it: kind, namespace (defaulted to
+    ``default``, as the API server does), name, the file it came from and the whole document."""
+
+    kind: str
+    namespace: str
+    name: str
+    file: Path
+    document: Mapping[str, Any] = field(compare=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        """How errors name the object: ``Trigger on-upload``."""
+        return f"{self.kind} {self.name}"
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        return self.document.get("metadata") or {}
+
+    @property
+    def spec(self) -> Any:
+        """``spec`` as written (loaders check that it is an object)."""
+        return self.document.get("spec") or {}
+
+    def error(self, fld: str, problem: str) -> ManifestError:
+        return ManifestError(self.file, self.label, fld, problem)
 
 
 @dataclass(frozen=True)
@@ -91,12 +121,29 @@ class Manifests:
     services: tuple[Service, ...]
     config_maps: Mapping[tuple[str, str], Mapping[str, str]]
     secrets: Mapping[tuple[str, str], tuple[str, ...]]
-    others: tuple[tuple[Path, Mapping[str, Any]], ...]
+    # Every object knfn does not model above (Brokers, Triggers, sources, flows...), in order.
+    objects: tuple[Manifest, ...]
     # What Knative accepts and ignores, each naming file, object, field and value.
     warnings: tuple[str, ...] = ()
 
     def service(self, namespace: str, name: str) -> Service | None:
         return next((s for s in self.services if (s.namespace, s.name) == (namespace, name)), None)
+
+    def of_kind(self, kind: str) -> tuple[Manifest, ...]:
+        return tuple(o for o in self.objects if o.kind == kind)
+
+    def find(self, kind: str, namespace: str, name: str) -> Manifest | None:
+        """The object of that kind, namespace and name, if the manifests declare it."""
+        return self._index.get((kind, namespace, name))
+
+    @property
+    def others(self) -> tuple[tuple[Path, Mapping[str, Any]], ...]:
+        """(file, document) of :attr:`objects`, for loaders not yet given :class:`Manifest`."""
+        return tuple((o.file, o.document) for o in self.objects)
+
+    @cached_property
+    def _index(self) -> dict[tuple[str, str, str], Manifest]:
+        return {(o.kind, o.namespace, o.name): o for o in self.objects}
 
 
 def load(base: Path, functions_dir: Path | None = None) -> Manifests:
@@ -130,7 +177,7 @@ def _build(objects: Iterable[tuple[Path, dict[str, Any]]], functions_dir: Path |
     config_maps: dict[tuple[str, str], Mapping[str, str]] = {}
     config_map_files: dict[tuple[str, str], Path] = {}
     secrets: dict[tuple[str, str], tuple[str, ...]] = {}
-    others: list[tuple[Path, Mapping[str, Any]]] = []
+    others: list[Manifest] = []
     for path, doc in objects:
         api, kind = str(doc.get("apiVersion", "")), str(doc.get("kind", ""))
         meta = doc.get("metadata") or {}
@@ -156,7 +203,7 @@ def _build(objects: Iterable[tuple[Path, dict[str, Any]]], functions_dir: Path |
             keys = {*(doc.get("stringData") or {}), *(doc.get("data") or {})}
             secrets[(namespace, name)] = tuple(sorted(str(k) for k in keys))
         else:
-            others.append((path, doc))
+            others.append(Manifest(kind, namespace, name, path, doc))
     # Services last: their annotations are checked against config-autoscaler, as the webhook
     # checks them against the cluster's.
     try:
