@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from knfn.errors import KnfnError
-from knfn.eventing import delivery, filters, flows, ping
+from knfn.eventing import delivery, destinations, filters, flows, ping
 from knfn.eventing.delivery import DeliverySpec
+from knfn.eventing.errors import DeliveryError
 from knfn.eventing.flows import Flows
 from knfn.manifests import ManifestError, Manifests
 from knfn.routing import BROKER_INGRESS
@@ -51,11 +52,8 @@ class Trigger:
     matches: filters.Filter
     subscriber: str
     delivery: DeliverySpec
-
-    @property
-    def dead_letter_url(self) -> str | None:
-        sink = self.delivery.dead_letter_sink
-        return sink.url(self.namespace) if sink else None
+    # Resolved at load from delivery.dead_letter_sink (the Trigger's own, else its Broker's).
+    dead_letter_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,9 +104,9 @@ def _check_ref(
 ) -> str:
     """The destination's URL; a Service, Broker or flow it names must exist in the manifests."""
     try:
-        return flows.destination_url(m, dest, ns)
-    except ValueError as exc:
-        raise ManifestError(path, label, fld, str(exc)) from exc
+        return destinations.resolve(m, dest, ns)
+    except DeliveryError as exc:
+        raise ManifestError(path, label, exc.field, exc.problem) from exc
 
 
 class _NotReady(Exception):
@@ -133,8 +131,8 @@ def load(m: Manifests, allow_not_ready: bool = False) -> EventingConfig:
                 spec = delivery.parse_delivery(
                     (doc.get("spec") or {}).get("delivery"), "spec.delivery"
                 )
-            except KnfnError as exc:
-                raise ManifestError(path, label, "spec.delivery", str(exc)) from exc
+            except DeliveryError as exc:
+                raise ManifestError(path, label, exc.field, exc.problem) from exc
             if spec and spec.dead_letter_sink:
                 _check_ref(
                     m, path, label, "spec.delivery.deadLetterSink", spec.dead_letter_sink, ns
@@ -190,8 +188,8 @@ def _trigger(
     try:
         subscriber = delivery.parse_destination(spec["subscriber"], "spec.subscriber")
         own = delivery.parse_delivery(spec.get("delivery"), "spec.delivery")
-    except KnfnError as exc:
-        raise ManifestError(path, label, "spec", str(exc)) from exc
+    except DeliveryError as exc:
+        raise ManifestError(path, label, exc.field, exc.problem) from exc
     broker = brokers.get((ns, broker_name))
     if broker is None:
         names = sorted(n for bns, n in brokers if bns == ns)
@@ -204,11 +202,14 @@ def _trigger(
     except ManifestError as exc:
         raise _NotReady(exc, "SubscriberResolved", "Unable to get the Subscriber's URI") from exc
     effective = delivery.effective(own, broker.delivery)
-    if own and own.dead_letter_sink:
+    dead_letter_url = None
+    if effective.dead_letter_sink:
         try:
-            _check_ref(m, path, label, "spec.delivery.deadLetterSink", own.dead_letter_sink, ns)
+            dead_letter_url = _check_ref(
+                m, path, label, "spec.delivery.deadLetterSink", effective.dead_letter_sink, ns
+            )
         except ManifestError as exc:
             raise _NotReady(
                 exc, "DeadLetterSinkResolved", "Unable to get the dead letter sink's URI"
             ) from exc
-    return Trigger(ns, name, broker_name, matches, url, effective)
+    return Trigger(ns, name, broker_name, matches, url, effective, dead_letter_url)

@@ -56,13 +56,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
 
 from aiohttp import web
 
-from knfn.eventing import cloudevent, delivery
+from knfn.eventing import cloudevent, delivery, destinations
 from knfn.eventing.cloudevent import Event, InvalidEvent
 from knfn.eventing.delivery import DeliveryError, DeliverySpec, Destination
+from knfn.eventing.errors import UnresolvedDestination
 from knfn.eventing.sending import DEFAULT_ATTEMPT_TIMEOUT, Sender
 from knfn.manifests import ManifestError, Manifests
 from knfn.routing import parse_host
@@ -453,37 +453,11 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
 
 
 def destination_url(m: Manifests, dest: Destination, namespace: str) -> str:
-    """Where a Destination in ``namespace`` delivers; ValueError when it names nothing known.
-
-    Adds to :meth:`Destination.url` references to a Sequence or a Parallel (their address),
-    and checks that a Service, Broker, Sequence or Parallel it names is in the manifests.
-    """
-    if dest.ref_kind is None:
-        return dest.url(namespace)
-    ns, name = dest.ref_namespace or namespace, dest.ref_name or ""
-    group = (dest.ref_api_version or "").rpartition("/")[0]
-    if dest.ref_kind in _HOSTS and group == FLOWS_GROUP:
-        if not _declared(m, dest.ref_kind, ns, name):
-            raise ValueError(f"no {dest.ref_kind} {ns}/{name} in the manifests")
-        base = "http://" + _HOSTS[dest.ref_kind](ns, name)
-        return urljoin(base, dest.uri) if dest.uri else base
-    if dest.ref_kind == "Service" and m.service(ns, name) is None:
-        raise ValueError(f"no Service {ns}/{name} in the manifests")
-    if dest.ref_kind == "Broker" and not _declared(m, "Broker", ns, name):
-        raise ValueError(f"no Broker {ns}/{name} in the manifests")
-    return dest.url(namespace)
-
-
-def _declared(m: Manifests, kind: str, namespace: str, name: str) -> bool:
-    for _, doc in m.others:
-        meta = doc.get("metadata") or {}
-        if (doc.get("kind"), str(meta.get("namespace") or "default"), str(meta.get("name"))) == (
-            kind,
-            namespace,
-            name,
-        ):
-            return True
-    return False
+    """Where a Destination in ``namespace`` delivers; ValueError when it names nothing known."""
+    try:
+        return destinations.resolve(m, dest, namespace)
+    except UnresolvedDestination as exc:
+        raise ValueError(exc.problem) from None
 
 
 def load(m: Manifests) -> tuple[list[Sequence], list[Parallel]]:
