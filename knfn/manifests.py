@@ -15,7 +15,7 @@ with a warning in :attr:`Manifests.warnings`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,11 @@ class Manifests:
     objects: tuple[Manifest, ...]
     # What Knative accepts and ignores, each naming file, object, field and value.
     warnings: tuple[str, ...] = ()
+    # K_SINK and K_CE_OVERRIDES per (namespace, Service), from the SinkBindings
+    # (knfn/eventing/sinkbinding.py), resolved once when the manifests are read.
+    sink_env: Mapping[tuple[str, str], Mapping[str, str]] = field(
+        default_factory=dict, compare=False
+    )
 
     def service(self, namespace: str, name: str) -> Service | None:
         return next((s for s in self.services if (s.namespace, s.name) == (namespace, name)), None)
@@ -158,7 +163,11 @@ def load(base: Path, functions_dir: Path | None = None) -> Manifests:
         if not path.is_file():
             raise ManifestError(kustomization, "Kustomization", "resources", f"{entry} not found")
         objects.extend((path, doc) for doc in _yaml_docs(path))
-    return _build(objects, functions_dir)
+    m = _build(objects, functions_dir)
+    # Imported here: eventing reads the objects of these manifests.
+    from knfn.eventing import sinkbinding
+
+    return replace(m, sink_env=sinkbinding.load(m))
 
 
 def _yaml_docs(path: Path) -> list[dict[str, Any]]:
