@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -39,7 +39,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from knfn import metrics, server
+from knfn import metrics
+from knfn.responses import Handler, error_body, json_error
 from knfn.routing import Target, parse_host
 from knfn.serving import queue_proxy
 from knfn.serving.throttler import Overloaded, Throttler
@@ -48,8 +49,6 @@ from knfn.serving.throttler import Overloaded, Throttler
 # gunicorn closes an idle keep-alive connection after 2 s (its `keepalive` default), and a
 # request written to a connection the replica is closing fails with a 502 it never caused.
 REPLICA_KEEPALIVE = 1.0
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Read before a slot is taken: every CloudEvent and JSON body fits, and 200 slow clients at this
 # bound hold 50 MiB at most. Larger bodies (uploads) stream once this much has arrived.
@@ -128,14 +127,14 @@ class Gateway:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         target = parse_host(request.url.host or request.host)
         if target is None:
-            return _error(404, f"no Knative Service for host {request.host!r}",
+            return json_error(404, f"no Knative Service for host {request.host!r}",
                           services=self._known())  # fmt: skip
         handler = self._local(target)
         if handler is not None:
             return await handler(request)
         backend = self._route(target)
         if backend is None:
-            return _error(
+            return json_error(
                 404, f"no Knative Service for host {request.host!r}", services=self._known()
             )
         probe = queue_proxy.probe_answer(
@@ -198,7 +197,7 @@ class Gateway:
                     async with asyncio.timeout_at(response_start):
                         endpoint = await throttler.acquire()
                 except Overloaded as exc:
-                    return _error(503, f"{backend.name}: {exc}")
+                    return json_error(503, f"{backend.name}: {exc}")
                 try:
                     return await self._forward(
                         request, backend, endpoint.url, body, clocks, response_start
@@ -266,7 +265,7 @@ class Gateway:
                 if start_clock.expired():
                     return _timed_out(backend.name, clocks.start_field, clocks.start or 0.0)
                 raise  # the request's own deadline: 504
-            return _error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
+            return json_error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
 
     async def _stream(
         self,
@@ -319,7 +318,7 @@ class Gateway:
         try:
             reader, writer = await asyncio.open_connection(url.host, url.port)
         except OSError as exc:
-            return _error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
+            return json_error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
         try:
             conn = h11.Connection(h11.CLIENT)
             head = [("Host", out.host), *out.headers]
@@ -350,7 +349,7 @@ class Gateway:
             if request.get(SENT) is not None:
                 _cut(request)
                 return request[SENT]
-            return _error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
+            return json_error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
         finally:
             writer.close()
 
@@ -381,15 +380,9 @@ class _Body:
 
 def _too_slow(message: str) -> web.Response:
     # The unread rest of the body makes the connection useless: close it after the answer.
-    response = _error(408, message)
+    response = json_error(408, message)
     response.force_close()
     return response
-
-
-def _error(status: int, message: str, **extra: object) -> web.Response:
-    return web.Response(
-        status=status, body=server.error_body(message, **extra), content_type="application/json"
-    )
 
 
 @dataclass(frozen=True)
@@ -420,7 +413,7 @@ class _Clocks:
 
 def _timed_out(name: str, field: str, limit: float) -> web.Response:
     """504 before the response started, naming the timeout that ran out and its value."""
-    return _error(504, f"{name}: {field} ({limit:g}s) ran out", timeout=field)
+    return json_error(504, f"{name}: {field} ({limit:g}s) ran out", timeout=field)
 
 
 def _timeout_message(backend: Backend) -> str:
@@ -434,7 +427,7 @@ async def _end(request: web.Request, response: web.StreamResponse, message: str)
     if response.content_length is not None:
         _cut(request)
         return
-    await response.write(server.error_body(message))
+    await response.write(error_body(message))
     await response.write_eof()
 
 

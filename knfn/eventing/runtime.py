@@ -9,7 +9,6 @@ released, never counted as failed), PingSources, and the store.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +22,7 @@ from knfn.eventing.dispatcher import DEFAULT_LIMITS, Dispatcher, Limits
 from knfn.eventing.flows import FlowIngress
 from knfn.eventing.sending import Gatewayed
 from knfn.eventing.store import EventStore, StoreUnavailable
-from knfn.gateway import Handler
+from knfn.responses import Handler, json_error
 from knfn.routing import BROKER_INGRESS_TARGET, Target
 
 
@@ -145,9 +144,8 @@ class Eventing:
 
 async def _refuse(request: web.Request) -> web.Response:
     """While knfn stops: nothing is accepted that could not be stored and delivered."""
-    return web.Response(
-        status=503,
-        text=json.dumps({"error": "knfn is shutting down: the broker accepts no more events"}),
-        content_type="application/json",
+    return json_error(
+        503,
+        "knfn is shutting down: the broker accepts no more events",
         headers={"Retry-After": "1"},
     )
