@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import psycopg
 from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
 
 from knfn.eventing import broker, ping, replay
 from knfn.eventing.config import EventingConfig
@@ -24,6 +25,8 @@ from knfn.eventing.sending import Gatewayed
 from knfn.eventing.store import EventStore, StoreUnavailable
 from knfn.responses import Handler, json_error
 from knfn.routing import BROKER_INGRESS_TARGET, Target
+
+READ_TIMEOUT = 5.0  # seconds an admin read waits for a pooled connection
 
 
 class Eventing:
@@ -48,6 +51,14 @@ class Eventing:
         self._report = report
         self.flows: FlowIngress | None = None
         self.store = EventStore(database_url)
+        # The admin API's reads and replays (status, the event list and inspector): a few
+        # pooled connections rather than a connect per request (the dashboard polls /status).
+        # Waiting past READ_TIMEOUT raises PoolTimeout, an OperationalError: a 503 upstairs.
+        self._readers = AsyncConnectionPool(
+            database_url, min_size=0, max_size=2, open=False, timeout=READ_TIMEOUT,
+            kwargs={"autocommit": True, "connect_timeout": 2},
+            check=AsyncConnectionPool.check_connection,
+        )  # fmt: skip
         self.ingress = broker.Ingress(self.store, lambda: self.config, max_event_bytes)
         self._session: aiohttp.ClientSession | None = None
         self._stop = asyncio.Event()
@@ -61,6 +72,7 @@ class Eventing:
 
     async def start(self) -> None:
         await self.store.open()
+        await self._readers.open(wait=False)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
         )
@@ -105,6 +117,7 @@ class Eventing:
         await running
         for w in waits[1:]:
             w.cancel()
+        await self._readers.close()
         await self.store.close()
         if self._session is not None:
             await self._session.close()
@@ -116,26 +129,26 @@ class Eventing:
 
     async def status(self) -> dict[str, Any]:
         try:
-            async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+            async with self._readers.connection() as conn:
                 counts = await self.store.counts(conn)
         except psycopg.Error:
             counts = {}
         return broker.status_of(self.config, counts)
 
     async def events(self, limit: int) -> list[dict[str, Any]]:
-        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+        async with self._readers.connection() as conn:
             return await self.store.recent(conn, limit)
 
     async def event(self, number: int) -> dict[str, Any]:
         """One stored event with its deliveries and their attempts (the event inspector)."""
-        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+        async with self._readers.connection() as conn:
             return await self.store.detail(conn, number)
 
     async def replay(self, number: int, trigger: str | None) -> dict[str, Any]:
         """Deliver a stored event again to its broker's Triggers (knfn/eventing/replay.py)."""
         if self.draining:
             raise StoreUnavailable("knfn is shutting down: nothing is replayed")
-        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+        async with self._readers.connection() as conn:
             event = await self.store.stored(conn, number)
             deliveries = replay.targets(self.config, event, trigger)
             replay_number = await self.store.replay(conn, number, deliveries)
