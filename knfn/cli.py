@@ -398,6 +398,32 @@ def dev_command(
         lock.release()
 
 
+@main.command("new")
+@click.argument("name")
+@click.option(
+    "--template",
+    type=click.Choice(["http", "cloudevent"]),
+    required=True,
+    help="http: answers GET; cloudevent: a consumer behind a Trigger on the default broker.",
+)
+@click.option(
+    "--type",
+    "event_type",
+    default=None,
+    metavar="TYPE",
+    help="cloudevent only: the type its Trigger filters on [default: dev.knfn.NAME.requested].",
+)
+@pass_settings
+@handle_errors
+def new_command(settings: Settings, name: str, template: str, event_type: str | None) -> None:
+    """Create functions/NAME and its manifests, listed in knative/base/kustomization.yaml."""
+    from knfn import scaffold
+
+    made = scaffold.plan(settings.project_dir, name, template, event_type)
+    scaffold.write(settings.project_dir, made)
+    click.echo(scaffold.summary(made))
+
+
 @main.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON of /status.")
 @admin_port_option
