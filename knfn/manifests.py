@@ -30,6 +30,7 @@ from knfn.serving.template import validate_annotations as validate_replica_start
 from knfn.serving.traffic import TrafficTarget
 
 KNOWN_KINDS: frozenset[tuple[str, str]] = frozenset(schema.KINDS)
+MODELLED = frozenset({"Service", "ConfigMap", "Secret"})  # read into Manifests' own fields
 # The runtime contract reserves these; Knative rejects a Service that sets them.
 RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
 # config-defaults' revision-timeout-seconds and max-revision-timeout-seconds, as shipped
@@ -121,7 +122,8 @@ class Manifests:
     services: tuple[Service, ...]
     config_maps: Mapping[tuple[str, str], Mapping[str, str]]
     secrets: Mapping[tuple[str, str], tuple[str, ...]]
-    # Every object knfn does not model above (Brokers, Triggers, sources, flows...), in order.
+    # Every object of the manifests, in the order the kustomization lists them (the Services,
+    # ConfigMaps and Secrets modelled above too).
     objects: tuple[Manifest, ...]
     # What Knative accepts and ignores, each naming file, object, field and value.
     warnings: tuple[str, ...] = ()
@@ -143,8 +145,9 @@ class Manifests:
 
     @property
     def others(self) -> tuple[tuple[Path, Mapping[str, Any]], ...]:
-        """(file, document) of :attr:`objects`, for loaders not yet given :class:`Manifest`."""
-        return tuple((o.file, o.document) for o in self.objects)
+        """(file, document) of the objects not modelled above, for loaders not yet given
+        :class:`Manifest`."""
+        return tuple((o.file, o.document) for o in self.objects if o.kind not in MODELLED)
 
     @cached_property
     def _index(self) -> dict[tuple[str, str, str], Manifest]:
@@ -186,7 +189,7 @@ def _build(objects: Iterable[tuple[Path, dict[str, Any]]], functions_dir: Path |
     config_maps: dict[tuple[str, str], Mapping[str, str]] = {}
     config_map_files: dict[tuple[str, str], Path] = {}
     secrets: dict[tuple[str, str], tuple[str, ...]] = {}
-    others: list[Manifest] = []
+    read: list[Manifest] = []
     for path, doc in objects:
         api, kind = str(doc.get("apiVersion", "")), str(doc.get("kind", ""))
         meta = doc.get("metadata") or {}
@@ -202,6 +205,7 @@ def _build(objects: Iterable[tuple[Path, dict[str, Any]]], functions_dir: Path |
         if not name:
             raise ManifestError(path, label, "metadata.name", "is required")
         namespace = str(meta.get("namespace") or "default")
+        read.append(Manifest(kind, namespace, name, path, doc))
         if kind == "Service":
             service_docs.append((path, label, name, namespace, doc))
         elif kind == "ConfigMap":
@@ -211,8 +215,6 @@ def _build(objects: Iterable[tuple[Path, dict[str, Any]]], functions_dir: Path |
         elif kind == "Secret":
             keys = {*(doc.get("stringData") or {}), *(doc.get("data") or {})}
             secrets[(namespace, name)] = tuple(sorted(str(k) for k in keys))
-        else:
-            others.append(Manifest(kind, namespace, name, path, doc))
     # Services last: their annotations are checked against config-autoscaler, as the webhook
     # checks them against the cluster's.
     try:
@@ -225,7 +227,7 @@ def _build(objects: Iterable[tuple[Path, dict[str, Any]]], functions_dir: Path |
         _service(path, label, name, namespace, doc, functions_dir, scaler, warnings)
         for path, label, name, namespace, doc in service_docs
     ]
-    return Manifests(tuple(services), config_maps, secrets, tuple(others), tuple(warnings))
+    return Manifests(tuple(services), config_maps, secrets, tuple(read), tuple(warnings))
 
 
 def _service(
