@@ -274,7 +274,7 @@ def cpu_seconds(root: int) -> dict[str, float]:
         if raw:
             fields = raw.rsplit(")", 1)[1].split()
             name = raw[raw.index("(") + 1 : raw.rindex(")")]
-            kind = next((k for k, mark in CPU_KINDS if mark in argv), name)
+            kind = next((k for mark, k in CPU_KINDS if mark in argv), name)
             procs[int(entry.name)] = (int(fields[1]), sum(map(int, fields[11:15])) / tick, kind)
     kinds: dict[str, float] = {}
     todo = [root]
