@@ -63,7 +63,7 @@ async def run(
             )
             brokers = eventing_config.load(m)
             await serving.apply(m)
-            eventing.apply(brokers)
+            eventing.apply(brokers, m)
         except KnfnError as exc:
             say.line("knfn", f"change not applied: {exc}")
             continue
