@@ -169,8 +169,8 @@ def test_ordered_claims_give_one_delivery_per_key_at_a_time_across_claimers(
 
     def accept(key: str | None, n: int) -> Accept:
         attributes = {"specversion": "1.0", "id": f"{key}-{n}", "source": "/t", "type": "x"}
-        return Accept("default", "default", attributes, b"{}",
-                      [NewDelivery(trigger, f"http://{trigger}.invalid/", order_key=key)])  # fmt: skip
+        delivery = NewDelivery(trigger, f"http://{trigger}.invalid/", order_key=key)
+        return Accept("default", "default", attributes, b"{}", [delivery])
 
     async def scenario() -> list[list[str]]:
         store = EventStore(knfn_database)
