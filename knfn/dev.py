@@ -38,6 +38,7 @@ from knfn.backing.supervise import supervise
 from knfn.errors import KnfnError
 from knfn.eventing import config as eventing_config
 from knfn.eventing.runtime import Eventing
+from knfn.eventing.worker import DispatchOptions
 from knfn.gateway import Gateway
 from knfn.logs import Printer
 from knfn.serving import autoscaling, template, template_root
@@ -71,7 +72,7 @@ class DevOptions:
     admin_port: int
     watch: bool
     host_env: Mapping[str, str]
-    dispatchers: int = 1
+    dispatchers: int = 1  # dispatcher processes (knfn/eventing/worker.py)
     shutdown_timeout: float = 30.0
     max_event_bytes: int = 1024 * 1024
     # Ports the CLI already bound (so a busy one failed before anything started), by port.
@@ -208,9 +209,10 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         eventing = Eventing(
             backing.knfn_database_url,
             brokers,
+            m,
             f"http://127.0.0.1:{options.port}",
             lambda message: say.line("knfn", message),
-            dispatchers=options.dispatchers,
+            DispatchOptions(options.dispatchers, host_env=options.host_env),
             max_event_bytes=options.max_event_bytes,
         )
         await eventing.start()

@@ -31,6 +31,12 @@ from knfn.eventing.flows import Flows
 from knfn.manifests import ManifestError, Manifests
 from knfn.routing import BROKER_INGRESS
 
+# The Kafka broker's per-Trigger choice of consumer (knative/docs docs/versioned/eventing/
+# brokers/broker-types/kafka-broker/README.md: "ordered" blocks per partition until the
+# subscriber has answered, "unordered", the default, does not); partitionkey is the key.
+DELIVERY_ORDER = "kafka.eventing.knative.dev/delivery.order"
+PARTITION_KEY = "partitionkey"
+
 
 @dataclass(frozen=True)
 class Broker:
@@ -51,6 +57,14 @@ class Trigger:
     matches: filters.Filter
     subscriber: str
     delivery: DeliverySpec
+    ordered: bool = False  # kafka.eventing.knative.dev/delivery.order: ordered
+
+    def order_key(self, attributes: Mapping[str, str]) -> str | None:
+        """The key an ordered Trigger keeps events of in order: the ``partitionkey`` extension
+        (the Kafka broker's record key). An event without one is unordered: the Kafka broker
+        produces it with no key, so Kafka spreads such records over partitions with no order
+        among them (cloudevents/sdk-java kafka/.../PartitionKeyExtensionInterceptor.java)."""
+        return attributes.get(PARTITION_KEY) if self.ordered else None
 
     @property
     def dead_letter_url(self) -> str | None:
@@ -211,4 +225,10 @@ def _trigger(
             raise _NotReady(
                 exc, "DeadLetterSinkResolved", "Unable to get the dead letter sink's URI"
             ) from exc
-    return Trigger(ns, name, broker_name, matches, url, effective)
+    order = str((meta.get("annotations") or {}).get(DELIVERY_ORDER, "unordered"))
+    if order not in ("ordered", "unordered"):
+        raise ManifestError(
+            path, label, f"metadata.annotations.{DELIVERY_ORDER}",
+            f"{order!r} is not one of 'ordered', 'unordered'",
+        )  # fmt: skip
+    return Trigger(ns, name, broker_name, matches, url, effective, order == "ordered")
