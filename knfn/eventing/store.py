@@ -73,6 +73,9 @@ CREATE INDEX IF NOT EXISTS knfn_attempts_delivery ON knfn_attempts (delivery_id)
 -- Knative-*, the trace context: sending.pass_through). Added later: an event stored before
 -- has none, as if it had come without them.
 ALTER TABLE knfn_events ADD COLUMN IF NOT EXISTS headers jsonb NOT NULL DEFAULT '{}';
+-- A hop of a Sequence or Parallel ('Sequence/<name>/steps[1]', see subscription.py): its delivery
+-- spec and what becomes of its reply come from the flow. NULL: a Trigger's delivery.
+ALTER TABLE knfn_deliveries ADD COLUMN IF NOT EXISTS flow_hop text;
 """
 
 
@@ -99,6 +102,7 @@ class NewDelivery:
     kind: str = "subscriber"
     extensions: dict[str, str] = field(default_factory=dict)
     replay: int = 0  # which replay of the event made it (0: the ingress's fan-out)
+    flow_hop: str | None = None  # a flow's hop (subscription.py); None: a Trigger's delivery
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,7 @@ class Claimed:
     broker: str
     accepted_at: datetime
     headers: dict[str, str] = field(default_factory=dict)  # the event's pass-through headers
+    flow_hop: str | None = None  # a flow's hop (subscription.py); None: a Trigger's delivery
 
 
 @dataclass(frozen=True)
@@ -204,9 +209,9 @@ async def _insert_deliveries(
         return
     await cur.execute(
         "INSERT INTO knfn_deliveries"
-        " (event_id, namespace, trigger, kind, destination, extensions, replay)"
+        " (event_id, namespace, trigger, kind, destination, extensions, replay, flow_hop)"
         " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],"
-        " %s::jsonb[], %s::int[])",
+        " %s::jsonb[], %s::int[], %s::text[])",
         (
             [r[0] for r in rows],
             [r[1] for r in rows],
@@ -215,6 +220,7 @@ async def _insert_deliveries(
             [r[2].destination for r in rows],
             [Jsonb(r[2].extensions) for r in rows],
             [r[2].replay for r in rows],
+            [r[2].flow_hop for r in rows],
         ),
     )
 
@@ -358,7 +364,7 @@ class EventStore:
                 " WHERE d.id = due.id AND e.id = d.event_id"
                 " RETURNING d.id, d.event_id, d.namespace, d.trigger, d.kind, d.destination,"
                 "  d.extensions, d.attempts, e.attributes, e.data, e.broker, e.accepted_at,"
-                "  e.headers",
+                "  e.headers, d.flow_hop",
                 (list(skip), limit, lease),
             )
             rows = await cur.fetchall()
