@@ -1,15 +1,34 @@
 """``knfn admin``: the one-off admin processes, against the running backing services.
 
-The function kit (and with it Flask, structlog, boto3) is imported when a step runs, not with
-this module: ``knfn dev`` imports it on start-up, where every 100 ms counts, and runs the steps
-in a thread beside the rest of its start.
+The steps are the project's own code, the function kit's ``kit.admin`` (the same module the
+cluster's Jobs run), so the kit is the project's requirement, not knfn's: ``make setup``
+installs it beside knfn, a plain ``pip install`` of knfn does not, and a step then says so. It
+is imported when a step runs, not with this module: ``knfn dev`` imports it on start-up, where
+every 100 ms counts, and runs the steps in a thread beside the rest of its start.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from knfn.backing.services import BackingEnv
 from knfn.errors import KnfnError
 from knfn.settings import Settings
+
+
+@contextlib.contextmanager
+def _needs_kit(step: str) -> Iterator[None]:
+    """Around the kit's import: KnfnError naming the step when the kit is not installed."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if exc.name != "kit":
+            raise
+        raise KnfnError(
+            f"{step}: the admin steps run the project's function kit (functions/kit), which is "
+            "not installed here: pip install ./functions/kit (make setup does)"
+        ) from None
 
 
 def migrate(settings: Settings, backing: BackingEnv) -> list[str]:
@@ -20,7 +39,9 @@ def migrate(settings: Settings, backing: BackingEnv) -> list[str]:
     if not settings.migrations_dir.is_dir():
         return []
     import psycopg
-    from kit import admin as kit_admin
+
+    with _needs_kit("migrate"):
+        from kit import admin as kit_admin
 
     try:
         migrations = kit_admin.discover(settings.migrations_dir)
@@ -31,7 +52,8 @@ def migrate(settings: Settings, backing: BackingEnv) -> list[str]:
 
 def buckets(backing: BackingEnv, names: list[str]) -> list[str]:
     """Create the configured buckets that are missing; returns what was created."""
-    from kit import admin as kit_admin
+    with _needs_kit("buckets"):
+        from kit import admin as kit_admin
 
     client = kit_admin.s3_client_from_env(backing.function_env())
     try:

@@ -318,6 +318,14 @@ print_option = click.option(
     default=None,
     help="A cap on the replicas of each revision, below its max-scale [default: none].",
 )
+@click.option(
+    "--allow-not-ready-triggers",
+    envvar="KNFN_ALLOW_NOT_READY_TRIGGERS",
+    is_flag=True,
+    help="Start even when a Trigger names a Broker, subscriber or dead-letter sink that is not "
+    "in the manifests, as the cluster does: it gets no events and /status lists it under "
+    "not_ready_triggers [default: stop with an error] (env KNFN_ALLOW_NOT_READY_TRIGGERS).",
+)
 @local_autoscaler_option(
     "--autoscaler-stable-window", "KNFN_AUTOSCALER_STABLE_WINDOW", "6s",
     "the stable window, whole seconds, may go below upstream's 6s",
@@ -344,6 +352,7 @@ def dev_command(
     memory_reserve: budget.Reserve,
     max_replicas: int | None,
     max_replicas_per_revision: int | None,
+    allow_not_ready_triggers: bool,
     autoscaler_stable_window: float | None,
     autoscaler_scale_to_zero_grace: float | None,
     autoscaler_tick: float | None,
@@ -374,6 +383,7 @@ def dev_command(
         port, admin_port, watch, dict(os.environ), dispatchers, shutdown_timeout, max_event_bytes,
         listeners=listeners, replica_start=replica_start,
         caps=budget.Caps(max_replicas_per_revision, max_replicas, memory_reserve),
+        allow_not_ready_triggers=allow_not_ready_triggers,
         autoscaler=autoscaler_config.LocalOverrides(
             autoscaler_stable_window, autoscaler_scale_to_zero_grace, autoscaler_tick
         ),
@@ -386,6 +396,32 @@ def dev_command(
     finally:
         files.close()
         lock.release()
+
+
+@main.command("new")
+@click.argument("name")
+@click.option(
+    "--template",
+    type=click.Choice(["http", "cloudevent"]),
+    required=True,
+    help="http: answers GET; cloudevent: a consumer behind a Trigger on the default broker.",
+)
+@click.option(
+    "--type",
+    "event_type",
+    default=None,
+    metavar="TYPE",
+    help="cloudevent only: the type its Trigger filters on [default: dev.knfn.NAME.requested].",
+)
+@pass_settings
+@handle_errors
+def new_command(settings: Settings, name: str, template: str, event_type: str | None) -> None:
+    """Create functions/NAME and its manifests, listed in knative/base/kustomization.yaml."""
+    from knfn import scaffold
+
+    made = scaffold.plan(settings.project_dir, name, template, event_type)
+    scaffold.write(settings.project_dir, made)
+    click.echo(scaffold.summary(made))
 
 
 @main.command("status")

@@ -78,6 +78,7 @@ class DevOptions:
     replica_start: str = "fork"  # or "spawn": no templates (knfn/serving/template.py)
     caps: Caps = field(default_factory=Caps)  # the replica budget (knfn/serving/budget.py)
     autoscaler: LocalOverrides = field(default_factory=LocalOverrides)
+    allow_not_ready_triggers: bool = False  # knfn/eventing/config.py
 
 
 def _status(serving: Serving, eventing: Eventing) -> admin_api.Status:
@@ -111,7 +112,11 @@ def autoscaler_config(m: manifests.Manifests, overrides: LocalOverrides) -> Auto
 async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
     """Bring everything up, serve until SIGINT/SIGTERM, then shut down in reverse."""
     m = manifests.load(settings.knative_dir, settings.functions_dir)
-    brokers = eventing_config.load(m)
+    brokers = eventing_config.load(m, options.allow_not_ready_triggers)
+    for warning in m.warnings:
+        say.line("knfn", f"warning: {warning}")
+    for t in brokers.not_ready:
+        say.line("knfn", f"Trigger {t.namespace}/{t.name} not ready ({t.reason}): {t.message}")
     scaler_cfg = autoscaler_config(m, options.autoscaler)
     loop = asyncio.get_running_loop()
 

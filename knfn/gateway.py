@@ -194,17 +194,24 @@ class Gateway:
         response_start = None if clocks.start is None else arrival + clocks.start
         try:
             async with asyncio.timeout_at(arrival + backend.timeout_seconds) as whole:
-                try:
-                    async with asyncio.timeout_at(response_start):
-                        endpoint = await throttler.acquire()
-                except Overloaded as exc:
-                    return _error(503, f"{backend.name}: {exc}")
-                try:
-                    return await self._forward(
-                        request, backend, endpoint.url, body, clocks, response_start
-                    )
-                finally:
-                    throttler.release(endpoint)
+                while True:
+                    try:
+                        async with asyncio.timeout_at(response_start):
+                            endpoint = await throttler.acquire()
+                    except Overloaded as exc:
+                        return _error(503, f"{backend.name}: {exc}")
+                    try:
+                        return await self._forward(
+                            request, backend, endpoint.url, body, clocks, response_start
+                        )
+                    except _Refused:
+                        # The replica closed its socket: it is going (a stopping gunicorn
+                        # closes its listener before it exits). Nothing was sent, so the
+                        # request goes to another replica, as Kubernetes takes a terminating
+                        # pod out of the endpoints before it stops.
+                        throttler.remove(endpoint)
+                    finally:
+                        throttler.release(endpoint)
         except TimeoutError:
             if whole.expired():
                 return _timed_out(backend.name, "timeoutSeconds", backend.timeout_seconds)
@@ -256,6 +263,9 @@ class Gateway:
             finally:
                 upstream.release()
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+            refused = isinstance(exc, aiohttp.ClientConnectorError) and response is None
+            if refused and not isinstance(data, AsyncIterator):
+                raise _Refused from exc  # never reached the replica: safe to send elsewhere
             if response is not None and response.prepared:
                 # The status line is gone already: all that is left is to cut the response off.
                 _cut(request)
@@ -390,6 +400,10 @@ def _error(status: int, message: str, **extra: object) -> web.Response:
     return web.Response(
         status=status, body=server.error_body(message, **extra), content_type="application/json"
     )
+
+
+class _Refused(Exception):
+    """The replica refused the connection: the request was not sent."""
 
 
 @dataclass(frozen=True)

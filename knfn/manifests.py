@@ -3,6 +3,13 @@
 Only what knfn acts on is modelled (Services, ConfigMaps, Secrets); every other object must still
 be of a known kind, and every object may hold only the fields its type has (schema.py), so that a
 typo stops start-up as Knative's webhook would. Errors name the file, the object and the field.
+
+What is accepted or refused follows the webhook's defaulting then validation (knative/serving
+pkg/apis/serving/v1/service_validation.go, revision_defaults.go, revision_validation.go,
+route_validation.go, pkg/apis/serving/metadata_validation.go,
+pkg/apis/autoscaling/annotation_validation.go, with ``config-autoscaler`` from these manifests).
+What Knative accepts but ignores (an unknown ``autoscaling.knative.dev/*`` key, say) loads,
+with a warning in :attr:`Manifests.warnings`.
 """
 
 from __future__ import annotations
@@ -17,12 +24,18 @@ import yaml
 from knfn import schema
 from knfn.errors import KnfnError
 from knfn.serving import autoscaling, traffic
+from knfn.serving.autoscaler_config import GROUP, AutoscalerConfig, AutoscalingError
 from knfn.serving.template import validate_annotations as validate_replica_start
 from knfn.serving.traffic import TrafficTarget
 
 KNOWN_KINDS: frozenset[tuple[str, str]] = frozenset(schema.KINDS)
 # The runtime contract reserves these; Knative rejects a Service that sets them.
 RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
+# config-defaults' revision-timeout-seconds and max-revision-timeout-seconds, as shipped
+# (pkg/apis/config/defaults.go); knfn does not read config-defaults.
+DEFAULT_TIMEOUT_SECONDS = 300
+MAX_TIMEOUT_SECONDS = 600
+AUTOSCALER_CONFIGMAP = ("knative-serving", "config-autoscaler")
 
 
 class ManifestError(KnfnError):
@@ -63,6 +76,10 @@ class Service:
     template: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     traffic: tuple[TrafficTarget, ...] = (TrafficTarget(100),)
     idle_timeout_seconds: int = 0  # 0: none
+    # config-autoscaler as the annotations were checked against (at_template checks again).
+    autoscaler: AutoscalerConfig = field(
+        default_factory=AutoscalerConfig, compare=False, repr=False
+    )
 
     @property
     def key(self) -> str:
@@ -75,6 +92,8 @@ class Manifests:
     config_maps: Mapping[tuple[str, str], Mapping[str, str]]
     secrets: Mapping[tuple[str, str], tuple[str, ...]]
     others: tuple[tuple[Path, Mapping[str, Any]], ...]
+    # What Knative accepts and ignores, each naming file, object, field and value.
+    warnings: tuple[str, ...] = ()
 
     def service(self, namespace: str, name: str) -> Service | None:
         return next((s for s in self.services if (s.namespace, s.name) == (namespace, name)), None)
@@ -107,8 +126,9 @@ def _yaml_docs(path: Path) -> list[dict[str, Any]]:
 
 
 def _build(objects: Iterable[tuple[Path, dict[str, Any]]], functions_dir: Path | None) -> Manifests:
-    services: list[Service] = []
+    service_docs: list[tuple[Path, str, str, str, dict[str, Any]]] = []
     config_maps: dict[tuple[str, str], Mapping[str, str]] = {}
+    config_map_files: dict[tuple[str, str], Path] = {}
     secrets: dict[tuple[str, str], tuple[str, ...]] = {}
     others: list[tuple[Path, Mapping[str, Any]]] = []
     for path, doc in objects:
@@ -127,16 +147,29 @@ def _build(objects: Iterable[tuple[Path, dict[str, Any]]], functions_dir: Path |
             raise ManifestError(path, label, "metadata.name", "is required")
         namespace = str(meta.get("namespace") or "default")
         if kind == "Service":
-            services.append(_service(path, label, name, namespace, doc, functions_dir))
+            service_docs.append((path, label, name, namespace, doc))
         elif kind == "ConfigMap":
             data = doc.get("data") or {}
             config_maps[(namespace, name)] = {str(k): str(v) for k, v in data.items()}
+            config_map_files[(namespace, name)] = path
         elif kind == "Secret":
             keys = {*(doc.get("stringData") or {}), *(doc.get("data") or {})}
             secrets[(namespace, name)] = tuple(sorted(str(k) for k in keys))
         else:
             others.append((path, doc))
-    return Manifests(tuple(services), config_maps, secrets, tuple(others))
+    # Services last: their annotations are checked against config-autoscaler, as the webhook
+    # checks them against the cluster's.
+    try:
+        scaler = AutoscalerConfig.from_configmap(config_maps.get(AUTOSCALER_CONFIGMAP, {}))
+    except AutoscalingError as exc:
+        where = config_map_files.get(AUTOSCALER_CONFIGMAP, Path("?"))
+        raise ManifestError(where, "ConfigMap config-autoscaler", "data", str(exc)) from exc
+    warnings: list[str] = []
+    services = [
+        _service(path, label, name, namespace, doc, functions_dir, scaler, warnings)
+        for path, label, name, namespace, doc in service_docs
+    ]
+    return Manifests(tuple(services), config_maps, secrets, tuple(others), tuple(warnings))
 
 
 def _service(
@@ -146,7 +179,18 @@ def _service(
     namespace: str,
     doc: Mapping[str, Any],
     functions_dir: Path | None,
+    scaler: AutoscalerConfig,
+    warnings: list[str] | None = None,
 ) -> Service:
+    own = (doc.get("metadata") or {}).get("annotations") or {}
+    misplaced = sorted(str(k) for k in own if str(k).startswith(GROUP))
+    if misplaced:
+        # metadata_validation.go ValidateHasNoAutoscalingAnnotation: refused on the Service.
+        raise ManifestError(
+            path, label, "metadata.annotations",
+            f"{', '.join(misplaced)}: autoscaling annotations belong under "
+            "spec.template.metadata.annotations (Knative refuses them on the Service itself)",
+        )  # fmt: skip
     template = (doc.get("spec") or {}).get("template") or {}
     spec = template.get("spec") or {}
     annotations = {
@@ -160,17 +204,40 @@ def _service(
         )
     container = _container(path, label, containers[0])
     cc = _int_field(path, label, spec, "containerConcurrency", 0, 0, 1000)
-    timeout = _int_field(path, label, spec, "timeoutSeconds", 300, 1, 600)
-    response_start = _int_field(path, label, spec, "responseStartTimeoutSeconds", timeout, 1, 600)
+    # revision_defaults.go: 0 (or none) is the default; revision_validation.go bounds the rest.
+    timeout = (
+        _int_field(
+            path, label, spec, "timeoutSeconds", DEFAULT_TIMEOUT_SECONDS, 0, MAX_TIMEOUT_SECONDS
+        )
+        or DEFAULT_TIMEOUT_SECONDS
+    )
+    # 0 (or none) sets no response-start timer in queue-proxy (resources/queue.go): only
+    # timeoutSeconds then bounds the wait for the first byte.
+    response_start = (
+        _int_field(path, label, spec, "responseStartTimeoutSeconds", 0, 0, MAX_TIMEOUT_SECONDS)
+        or timeout
+    )
     idle = _int_field(path, label, spec, "idleTimeoutSeconds", 0, 0, 600)
     explicit = (template.get("metadata") or {}).get("name")
-    if explicit is not None and not str(explicit).startswith(name + "-"):
-        raise ManifestError(
-            path, label, "spec.template.metadata.name", f"{explicit!r} must start with {name}-"
-        )
-    problems = autoscaling.validate_annotations(annotations) + validate_replica_start(annotations)
+    if explicit is not None:
+        # revision_validation.go validateRevisionName: a DNS-1035 label, the Service's prefix.
+        if (problem := traffic.dns_1035_problem(explicit)) is not None:
+            raise ManifestError(
+                path, label, "spec.template.metadata.name", f"{explicit!r} {problem}"
+            )
+        if not str(explicit).startswith(name + "-"):
+            raise ManifestError(
+                path, label, "spec.template.metadata.name", f"{explicit!r} must start with {name}-"
+            )
+    problems = autoscaling.validate_annotations(annotations, scaler)
+    problems += validate_replica_start(annotations)
     if problems:
         raise ManifestError(path, label, "spec.template.metadata.annotations", "; ".join(problems))
+    if warnings is not None:
+        warnings.extend(
+            f"{path}: {label}: spec.template.metadata.annotations: {w}"
+            for w in autoscaling.annotation_warnings(annotations)
+        )
     targets, problems = traffic.parse((doc.get("spec") or {}).get("traffic"))
     if problems:
         raise ManifestError(path, label, "spec.traffic", "; ".join(problems))
@@ -180,7 +247,7 @@ def _service(
         )
     return Service(
         name, namespace, path, annotations, container, cc, timeout, response_start, template,
-        tuple(targets), idle_timeout_seconds=idle,
+        tuple(targets), idle_timeout_seconds=idle, autoscaler=scaler,
     )  # fmt: skip
 
 
@@ -191,7 +258,7 @@ def at_template(service: Service, template: Mapping[str, Any]) -> Service:
         "spec": {"template": template},
     }
     return _service(service.source, f"Service {service.name}", service.name, service.namespace,
-                    doc, None)  # fmt: skip
+                    doc, None, service.autoscaler)  # fmt: skip
 
 
 def _container(path: Path, label: str, raw: Mapping[str, Any]) -> Container:

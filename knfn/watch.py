@@ -61,7 +61,9 @@ async def run(
             m = await loop.run_in_executor(
                 None, manifests.load, settings.knative_dir, settings.functions_dir
             )
-            brokers = eventing_config.load(m)
+            brokers = eventing_config.load(m, eventing.config.allow_not_ready)
+            for warning in m.warnings:
+                say.line("knfn", f"warning: {warning}")
             await serving.apply(m)
             eventing.apply(brokers)
         except KnfnError as exc:

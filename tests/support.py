@@ -277,17 +277,22 @@ class DevRun:
 
 @contextmanager
 def knfn_dev(
-    workdir: Path, timeout: float = 120.0, extra_env: Mapping[str, str] | None = None
+    workdir: Path,
+    timeout: float = 120.0,
+    extra_env: Mapping[str, str] | None = None,
+    *,
+    project: Path = REPO,
+    args: Sequence[str] = (),
 ) -> Iterator[DevRun]:
-    """`knfn dev` on the default project (this repository), free ports, state and log under
-    workdir (and extra_env, e.g. KNFN_PRINT), yielded once it logs that it is ready. At exit a
-    knfn still running is killed with its group, and its backing servers (in their own
-    sessions) are stopped."""
+    """`knfn dev` (with args, e.g. --watch) on the default project (this repository, or
+    `project`), free ports, state and log under workdir (and extra_env, e.g. KNFN_PRINT),
+    yielded once it logs that it is ready. At exit a knfn still running is killed with its
+    group, and its backing servers (in their own sessions) are stopped."""
     env = dev_env(workdir / ".knfn", **(extra_env or {}))
     log = workdir / "dev.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [KNFN, "--project-dir", str(REPO), "dev"],
+            [KNFN, "--project-dir", str(project), "dev", *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

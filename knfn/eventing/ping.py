@@ -1,39 +1,26 @@
 """PingSource (sources.knative.dev/v1): a cron schedule that sends one CloudEvent to a sink.
 
-Pure cores (:func:`parse_schedule`, :func:`next_fire`, :func:`build_event`) and a thin
-scheduler (:func:`run`) with the clock, the sleep and the event ids injected. What each rule
-follows (knative/eventing unless named):
+Pure cores (:func:`next_fire`, :func:`build_event`) and a thin scheduler (:func:`run`) with the
+clock, the sleep and the event ids injected. What each rule follows (knative/eventing unless
+named):
 
 * Fields and defaults: ``pkg/apis/sources/v1/ping_types.go`` and ``ping_defaults.go`` (an empty
   ``schedule`` is ``* * * * *``).
-* Validation: ``pkg/apis/sources/v1/ping_validation.go``. The schedule is parsed by
-  robfig/cron v3 with an optional seconds field first, so both ``*/10 * * * *`` and
-  ``0 */10 * * * *`` are valid; the descriptors ``@yearly``, ``@annually``, ``@monthly``,
-  ``@weekly``, ``@daily``, ``@midnight`` and ``@hourly`` too, ``@every`` is refused. The
-  ``timezone`` must be an IANA name. ``data`` and ``dataBase64`` exclude each other;
-  ``dataBase64`` must be standard, padded base64; with ``contentType: application/json`` the
-  data must be a JSON object. ``ceOverrides.extensions`` names are ASCII letters and digits
-  (knative.dev/pkg ``apis/duck/v1/source_types.go``) and are lowercased, as the CloudEvents Go
-  SDK does when it sets them.
+* Validation: ``pkg/apis/sources/v1/ping_validation.go``. The schedule is parsed as the
+  adapter parses it (:mod:`knfn.eventing.cron`); the ``timezone`` must be an IANA name.
+  ``data`` and ``dataBase64`` exclude each other; ``dataBase64`` must be standard, padded
+  base64; with ``contentType: application/json`` the data must be a JSON object.
+  ``ceOverrides.extensions`` names are ASCII letters and digits (knative.dev/pkg
+  ``apis/duck/v1/source_types.go``) and are lowercased, as the CloudEvents Go SDK does when it
+  sets them.
 * Stricter than upstream, so that a mistake cannot pass silently: unknown ``spec`` fields are
   refused (knfn/schema.py); a ``ceOverrides`` extension named like a context attribute
   (``type``, ``id``, ...) is refused instead of producing an event with two values for it;
   ``contentType``, when there is data, must be a media type (``type/subtype``), since an event
   with anything else is refused by every CloudEvents receiver.
-* Cron grammar (robfig/cron v3 ``parser.go``, not croniter's): fields are comma lists of
-  ``*``, ``?``, ``N``, ``N-M`` with an optional ``/step``; ``N/step`` runs from N to the
-  field's maximum; month and weekday take three-letter English names; weekdays are 0-6
-  (Sunday 0, so 7 is out of range); ``L``, ``W``, ``#`` and ``H`` do not exist. Day of month
-  and day of week: when either was written as ``*`` or ``?`` (without a step above 1) a day
-  must match both, otherwise either. A ``CRON_TZ=<zone>`` or ``TZ=<zone>`` prefix sets the zone.
-* When a schedule fires (robfig/cron v3 ``spec.go`` Next, as ``pkg/adapter/mtping/runner.go``
-  runs it with ``CRON_TZ=<timezone>``): at the first whole second after a moment whose
-  wall-clock time in the zone matches the schedule. Across a DST change that means a wall time
-  that does not exist is skipped (``30 2 * * *`` does not fire on the night clocks jump from
-  2:00 to 3:00) and one that happens twice fires twice. Without a ``timezone`` the adapter's
-  own zone applies, which is UTC in its container, so UTC here. A schedule that matches no
-  date (``0 0 30 2 *``) never fires: :func:`next_fire` gives None, as upstream gives Go's zero
-  time after searching five years.
+* The schedule and when it fires: :mod:`knfn.eventing.cron` (robfig/cron v3, as
+  ``pkg/adapter/mtping/runner.go`` runs it with ``CRON_TZ=<timezone>``). Without a
+  ``timezone`` the adapter's own zone applies, which is UTC in its container, so UTC here.
 * The event (``pkg/adapter/mtping/runner.go`` makeEvent and cronTick;
   ``pkg/apis/sources/v1/ping_lifecycle.go``): specversion 1.0, a fresh UUID as ``id``,
   ``source`` ``/apis/v1/namespaces/<namespace>/pingsources/<name>``, ``type``
@@ -59,14 +46,13 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from functools import lru_cache
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from knfn.eventing import cloudevent, delivery, flows
 from knfn.eventing.cloudevent import Event
+from knfn.eventing.cron import CronError, next_time, parse_schedule, zone_info
 from knfn.eventing.delivery import DeliveryError, Destination
 from knfn.eventing.sending import Sender
 from knfn.manifests import ManifestError, Manifests
@@ -78,64 +64,12 @@ SEND_BACKOFF = 0.05  # seconds; the wait before retry n is SEND_BACKOFF * 2**n
 SEND_RETRYABLE = frozenset({404, 413, 425, 429, 502, 503, 504})
 # The adapter sets no per-request timeout by default; a hung sink should not pile up sends.
 SEND_TIMEOUT = 60.0
-SEARCH_YEARS = 5  # how far next_fire looks ahead, as robfig/cron does
 
 _CONTEXT_ATTRIBUTES = frozenset(
     {"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time"}
 )
 _EXTENSION_NAME = re.compile(r"[A-Za-z0-9]+", re.ASCII)
 _MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*(;.*)?")
-_NUMBER = re.compile(r"[0-9]+", re.ASCII)
-
-_MONTHS = {
-    name: i + 1
-    for i, name in enumerate(
-        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-    )
-}
-_WEEKDAYS = {name: i for i, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
-# (name, lowest, highest, names), in the order of a six-field spec (seconds first).
-_FIELDS: tuple[tuple[str, int, int, Mapping[str, int] | None], ...] = (
-    ("second", 0, 59, None),
-    ("minute", 0, 59, None),
-    ("hour", 0, 23, None),
-    ("day of month", 1, 31, None),
-    ("month", 1, 12, _MONTHS),
-    ("day of week", 0, 6, _WEEKDAYS),
-)
-_DESCRIPTORS = {
-    "@yearly": "0 0 0 1 1 *",
-    "@annually": "0 0 0 1 1 *",
-    "@monthly": "0 0 0 1 * *",
-    "@weekly": "0 0 0 * * 0",
-    "@daily": "0 0 0 * * *",
-    "@midnight": "0 0 0 * * *",
-    "@hourly": "0 0 * * * *",
-}
-
-
-@dataclass(frozen=True)
-class CronSchedule:
-    """A parsed cron spec: the values each field allows, and where it came from."""
-
-    text: str
-    seconds: frozenset[int]
-    minutes: frozenset[int]
-    hours: frozenset[int]
-    days: frozenset[int]
-    months: frozenset[int]
-    weekdays: frozenset[int]  # 0 = Sunday
-    # Whether day of month / day of week were written as * or ? (decides AND or OR).
-    days_star: bool
-    weekdays_star: bool
-    zone: str | None = None  # from a CRON_TZ= or TZ= prefix
-
-    def day_matches(self, day: date) -> bool:
-        in_days = day.day in self.days
-        in_weekdays = day.isoweekday() % 7 in self.weekdays
-        if self.days_star or self.weekdays_star:
-            return in_days and in_weekdays
-        return in_days or in_weekdays
 
 
 @dataclass(frozen=True)
@@ -162,149 +96,12 @@ class PingSource:
         return f"/apis/v1/namespaces/{self.namespace}/pingsources/{self.name}"
 
 
-# -- the schedule ----------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=256)
-def parse_schedule(text: str) -> CronSchedule:
-    """A cron spec as robfig/cron v3 reads it for a PingSource; ValueError says what is wrong."""
-    spec = text.strip()
-    if not spec:
-        return parse_schedule(DEFAULT_SCHEDULE)
-    if "@every" in spec:
-        raise ValueError("the descriptor @every is not supported for a PingSource")
-    zone: str | None = None
-    if spec.startswith(("TZ=", "CRON_TZ=")):
-        prefix, _, rest = spec.partition(" ")
-        zone = prefix.partition("=")[2]
-        zone_info(zone)
-        spec = rest.strip()
-        if not spec:
-            raise ValueError(f"{text!r} has a time zone but no schedule after it")
-    if spec.startswith("@"):
-        if spec not in _DESCRIPTORS:
-            raise ValueError(
-                f"unrecognized descriptor {spec!r}; use one of {', '.join(_DESCRIPTORS)}"
-            )
-        spec = _DESCRIPTORS[spec]
-    fields = spec.split()
-    if len(fields) == 5:
-        fields.insert(0, "0")
-    elif len(fields) != 6:
-        raise ValueError(
-            f"{text!r} has {len(fields)} fields: a schedule has 5 (minute hour day-of-month "
-            "month day-of-week), or 6 with seconds first"
-        )
-    second, minute, hour, day, month, weekday = (
-        _parse_field(raw, label, lo, hi, names)
-        for raw, (label, lo, hi, names) in zip(fields, _FIELDS, strict=True)
-    )
-    return CronSchedule(
-        text, second[0], minute[0], hour[0], day[0], month[0], weekday[0],
-        days_star=day[1], weekdays_star=weekday[1], zone=zone,
-    )  # fmt: skip
-
-
-def _parse_field(
-    raw: str, label: str, lo: int, hi: int, names: Mapping[str, int] | None
-) -> tuple[frozenset[int], bool]:
-    """The values one field allows, and whether it counts as a star for the day rule."""
-    allowed: set[int] = set()
-    star = False
-    for part in raw.split(","):
-        where = f"{label} field {raw!r}"
-        pieces = part.split("/")
-        if len(pieces) > 2:
-            raise ValueError(f"{where}: {part!r} has more than one /")
-        bounds = pieces[0].split("-")
-        part_star = False
-        if pieces[0] in ("*", "?"):
-            start, end, part_star = lo, hi, True
-        elif len(bounds) > 2:
-            raise ValueError(f"{where}: {part!r} has more than one -")
-        else:
-            start = _value(bounds[0], where, names)
-            end = _value(bounds[1], where, names) if len(bounds) == 2 else start
-        step = 1
-        if len(pieces) == 2:
-            if not _NUMBER.fullmatch(pieces[1]) or int(pieces[1]) == 0:
-                raise ValueError(f"{where}: the step in {part!r} must be a positive number")
-            step = int(pieces[1])
-            if len(bounds) == 1 and not part_star:
-                end = hi  # N/step runs from N to the field's maximum
-            if step > 1:
-                part_star = False
-        if start < lo:
-            raise ValueError(f"{where}: {start} is below the minimum {lo}")
-        if end > hi:
-            raise ValueError(f"{where}: {end} is above the maximum {hi}")
-        if start > end:
-            raise ValueError(f"{where}: the range {part!r} starts after it ends")
-        allowed.update(range(start, end + 1, step))
-        star = star or part_star
-    return frozenset(allowed), star
-
-
-def _value(text: str, where: str, names: Mapping[str, int] | None) -> int:
-    if names is not None and text.lower() in names:
-        return names[text.lower()]
-    if not _NUMBER.fullmatch(text):
-        kind = " or a name such as " + ", ".join(list(names)[:3]) if names else ""
-        raise ValueError(f"{where}: {text!r} is not a number{kind}")
-    return int(text)
-
-
-@lru_cache(maxsize=64)
-def zone_info(name: str) -> tzinfo:
-    """The IANA time zone ``name`` ("" is UTC); ValueError when there is none by that name."""
-    if not name:
-        return UTC
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"{name!r} is not an IANA time zone name such as Europe/Paris or America/New_York"
-        ) from None
-
-
 def next_fire(source: PingSource, after: datetime) -> datetime | None:
     """When the source fires next, strictly after ``after`` (in the source's zone).
 
     None when the schedule matches no moment in the next five years.
     """
-    return next_time(parse_schedule(source.schedule), source.timezone, after)
-
-
-def next_time(schedule: CronSchedule, timezone: str, after: datetime) -> datetime | None:
-    """The first whole second after ``after`` whose wall-clock time in the zone matches."""
-    if after.tzinfo is None:
-        raise ValueError("after must be timezone-aware")
-    zone = zone_info(timezone or schedule.zone or "")
-    t = after.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)
-    last_year = t.year + SEARCH_YEARS
-    # Walk forward in absolute time, jumping over whole months, days, hours and minutes that
-    # cannot match. Every step moves t forward, so the loop ends.
-    while t.year <= last_year:
-        local = t.astimezone(zone)
-        if local.month not in schedule.months:
-            first = date(local.year + local.month // 12, local.month % 12 + 1, 1)
-            t = _start_of_day(first, zone)
-        elif not schedule.day_matches(local.date()):
-            t = _start_of_day(local.date() + timedelta(days=1), zone)
-        elif local.hour not in schedule.hours:
-            t += timedelta(seconds=3600 - local.minute * 60 - local.second)
-        elif local.minute not in schedule.minutes:
-            t += timedelta(seconds=60 - local.second)
-        elif local.second not in schedule.seconds:
-            t += timedelta(seconds=1)
-        else:
-            return local
-    return None
-
-
-def _start_of_day(day: date, zone: tzinfo) -> datetime:
-    # fold=0: a midnight that falls in a DST gap maps to the moment the gap ends.
-    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
+    return next_time(parse_schedule(source.schedule or DEFAULT_SCHEDULE), source.timezone, after)
 
 
 # -- the event -------------------------------------------------------------------------------
@@ -363,7 +160,7 @@ def _ping_source(m: Manifests, path: Path, doc: Mapping[str, Any]) -> PingSource
 
     try:
         cron = parse_schedule(schedule)
-    except ValueError as exc:
+    except CronError as exc:
         raise fail("spec.schedule", str(exc)) from None
     if timezone:
         if cron.zone is not None:
@@ -373,7 +170,7 @@ def _ping_source(m: Manifests, path: Path, doc: Mapping[str, Any]) -> PingSource
             )
         try:
             zone_info(timezone)
-        except ValueError as exc:
+        except CronError as exc:
             raise fail("spec.timezone", str(exc)) from None
 
     data = _data(text, encoded, content_type, fail)

@@ -11,6 +11,7 @@ once, naming the annotation and its value as written.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ ANNOTATION_KEYS: Mapping[str, str | None] = {
 }
 # ConfigMap keys people also try as annotations; they are cluster-wide only.
 GLOBAL_ONLY_KEYS = frozenset({"scale-to-zero-grace-period", "enable-scale-to-zero"})
+# For an HPA these are the CPU percentage or memory it aims at: not a concurrency target.
+HPA_UNREAD = frozenset({"target", "target-utilization-percentage"})
 AGGREGATION_ALGORITHMS = frozenset({"linear", "weighted-exponential", "weightedExponential"})
 
 
@@ -75,6 +78,7 @@ class RevisionScaling:
 
     autoscaler_class: str = KPA
     metric: str = CONCURRENCY
+    hpa_metric: str | None = None  # HPA class: the cluster's metric; knfn scales on `metric`
     container_concurrency: int = 0
     target: float = 70.0
     total_target: float = 100.0
@@ -107,11 +111,16 @@ class RevisionScaling:
 def _read_annotations(
     annotations: Mapping[str, str],
 ) -> tuple[dict[str, tuple[str, str]], list[str]]:
-    """The autoscaling annotations by kebab-case name -> (key as written, value), and the
-    problems with the keys themselves (unknown, global-only, set in both spellings)."""
+    """The autoscaling annotations by kebab-case name -> (key as written, value), and
+    warnings about the keys themselves (unknown, global-only, set in both spellings).
+
+    Upstream's webhook validates the keys it knows and lets every other key of the domain
+    through unread (annotation_validation.go), so these are warnings, not refusals: the
+    manifest is valid for a cluster, which ignores the key."""
     found: dict[str, tuple[str, str]] = {}
-    problems: list[str] = []
+    warnings: list[str] = []
     old_to_new = {old: new for new, old in ANNOTATION_KEYS.items() if old}
+    known = sorted({*ANNOTATION_KEYS, *old_to_new})
     # Kebab-case first, so that a clash is reported against the camelCase spelling.
     for key in sorted(annotations, key=lambda k: k.split("/", 1)[-1] in old_to_new):
         if not key.startswith(GROUP + "/"):
@@ -119,18 +128,30 @@ def _read_annotations(
         value = annotations[key]
         name = key.split("/", 1)[1]
         if name in GLOBAL_ONLY_KEYS:
-            problems.append(f"{key}={value!r}: only settable cluster-wide, in config-autoscaler")
+            warnings.append(
+                f"{key}={value!r}: ignored; only settable cluster-wide, in config-autoscaler"
+            )
             continue
         canonical = name if name in ANNOTATION_KEYS else old_to_new.get(name)
         if canonical is None:
-            problems.append(f"{key}={value!r}: unknown autoscaling annotation")
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {GROUP}/{close[0]}?" if close else ""
+            warnings.append(f"{key}={value!r}: unknown autoscaling annotation, ignored{hint}")
         elif canonical in found:
-            # Upstream silently reads the kebab-case one; two values for one setting is a
-            # mistake worth hearing about.
-            problems.append(f"{key}={value!r}: {found[canonical][0]} is also set; keep one")
+            # Upstream reads the kebab-case one (kmap.KeyPriority); two values for one
+            # setting is a mistake worth hearing about.
+            warnings.append(
+                f"{key}={value!r}: ignored, {found[canonical][0]} is also set; keep one"
+            )
         else:
             found[canonical] = (key, value)
-    return found, problems
+    return found, warnings
+
+
+def annotation_warnings(annotations: Mapping[str, str]) -> list[str]:
+    """What Knative accepts and ignores among a template's autoscaling annotations: keys it
+    does not know, global-only keys, a setting in both spellings (see _read_annotations)."""
+    return _read_annotations(annotations)[1]
 
 
 def validate_annotations(
@@ -138,11 +159,13 @@ def validate_annotations(
 ) -> list[str]:
     """Every problem with a revision template's ``autoscaling.knative.dev/*`` annotations, each
     naming the annotation and its value (annotation_validation.go ValidateAnnotations, with
-    the differences noted inline). Other annotations are ignored. ``cfg`` supplies the
+    the differences noted inline). Other annotations, and keys of the domain it does not
+    know, are let through (:func:`annotation_warnings` lists those). ``cfg`` supplies the
     ConfigMap settings some checks depend on (max-scale-limit, allow-zero-initial-scale, the
     default class); the defaults when omitted."""
     cfg = cfg or AutoscalerConfig()
-    found, problems = _read_annotations(annotations)
+    found, _ = _read_annotations(annotations)
+    problems: list[str] = []
 
     def bad(name: str, message: str) -> None:
         key, value = found[name]
@@ -264,6 +287,16 @@ def resolve_revision_scaling(
     ``max(0.01, total * utilization / 100)``, utilization being the
     ``target-utilization-percentage`` annotation, else the ConfigMap percentage for
     concurrency and 70 for other metrics.
+
+    The HPA class (``hpa.autoscaling.knative.dev``) hands a revision to a Kubernetes
+    HorizontalPodAutoscaler (pkg/reconciler/autoscaling/hpa/resources/hpa.go): at least one
+    replica (an HPA's minReplicas defaults to 1), never zero, and the activator never in the
+    path (hpa.go keeps the ServerlessService in serve mode). That much is modelled here. The
+    metric is not: knfn measures no CPU or memory, so an HPA revision scales on concurrency
+    with the KPA's algorithm and the concurrency target (containerConcurrency, else the
+    ConfigMap default); the ``target`` and ``target-utilization-percentage`` annotations,
+    which are a CPU percentage or memory for an HPA, are not read, and the cluster's metric is
+    kept in ``hpa_metric`` for display.
     """
     problems = validate_annotations(annotations, cfg)
     if container_concurrency < 0:
@@ -286,6 +319,11 @@ def resolve_revision_scaling(
 
     klass = text("class", cfg.pod_autoscaler_class)
     metric = text("metric", default_metric(klass))
+    hpa = klass == HPA
+    hpa_metric = metric if hpa else None
+    if hpa:
+        metric = CONCURRENCY  # what knfn measures in place of cpu or memory (docstring)
+        found = {k: v for k, v in found.items() if k not in HPA_UNREAD}
     if metric == RPS:
         total = cfg.requests_per_second_target_default
         utilization = RPS_TARGET_UTILIZATION_PERCENTAGE
@@ -302,15 +340,21 @@ def resolve_revision_scaling(
     initial = integer("initial-scale", cfg.initial_scale)
     if initial == 0 and not cfg.allow_zero_initial_scale:
         initial = cfg.initial_scale  # kpa/resources/decider.go GetInitialScale
+    min_scale = integer("min-scale", cfg.min_scale)
+    burst = number("target-burst-capacity", cfg.target_burst_capacity)
+    if hpa:
+        # hpa/resources/hpa.go: minReplicas unset below 1, so Kubernetes' default of 1.
+        min_scale, initial, burst = max(1, min_scale), max(1, initial), 0.0
     return RevisionScaling(
         autoscaler_class=klass,
         metric=metric,
+        hpa_metric=hpa_metric,
         container_concurrency=container_concurrency,
         target=max(TARGET_MIN, total * utilization / 100.0),
         total_target=total,
         target_utilization_percentage=utilization,
-        target_burst_capacity=number("target-burst-capacity", cfg.target_burst_capacity),
-        min_scale=integer("min-scale", cfg.min_scale),
+        target_burst_capacity=burst,
+        min_scale=min_scale,
         max_scale=integer("max-scale", cfg.max_scale),
         initial_scale=initial,
         activation_scale=integer("activation-scale", 1),
@@ -324,7 +368,7 @@ def resolve_revision_scaling(
             "scale-to-zero-pod-retention-period", cfg.scale_to_zero_pod_retention_period
         ),
         scale_to_zero_grace_period=cfg.scale_to_zero_grace_period,
-        enable_scale_to_zero=cfg.enable_scale_to_zero,
+        enable_scale_to_zero=cfg.enable_scale_to_zero and not hpa,
         max_scale_up_rate=cfg.max_scale_up_rate,
         max_scale_down_rate=cfg.max_scale_down_rate,
         activator_capacity=cfg.activator_capacity,

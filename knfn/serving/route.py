@@ -37,11 +37,12 @@ class ServiceState:
         """Resolve the split again and mark what no route reaches; those of them with nothing
         left running or in flight are dropped, and returned for the caller to see drained."""
         self.split = traffic.resolve(self.service.traffic, self.latest_ready)
-        reachable = {name for name, pct in self.split.weights if pct} | set(
-            self.split.tags.values()
-        )
+        # Every revision spec.traffic names stays active, at 0% and untagged too, so its
+        # min-scale holds; the others go to "reserve" and scale to zero (traffic.py).
+        reachable = traffic.referenced(self.service.traffic, self.latest_ready)
         # The latest revision stays: while it comes up it has no traffic yet, and once ready
-        # its autoscaler takes it to zero if nothing reaches it.
+        # its autoscaler takes it to zero if nothing reaches it (the labeler too keeps the
+        # latest created revision of a latestRevision target active).
         reachable.add(self.latest.name)
         dropped = []
         for name, rt in list(self.revisions.items()):
@@ -57,10 +58,14 @@ class ServiceState:
     def status(self) -> dict[str, Any]:
         svc, split = self.service, self.split
         revisions = [
-            rt.status(
-                split.percent_of(name),
-                next((t for t, r in split.tags.items() if r == name), None),
-            )
+            {
+                **rt.status(
+                    split.percent_of(name),
+                    next((t for t, r in split.tags.items() if r == name), None),
+                ),
+                # The serving.knative.dev/routingState label Knative would give it.
+                "routing_state": "active" if rt.routable else "reserve",
+            }
             for name, rt in self.revisions.items()
         ]
         return {

@@ -11,6 +11,12 @@ A forked replica looks to the supervisor like a spawned one (``ReplicaProcess``)
 its own process group (so the group stop reaches gunicorn's worker), its output comes through a
 pipe knfn made, and its exit, reaped by the template, is reported over the control channel.
 
+Each ready template keeps one spare: a child forked ahead of need that has built its server and
+waits for its PORT (template_main.py). A replica wanted takes the spare, so a cold start is
+only the bind and gunicorn's worker, and a new spare is forked behind it. It shares nearly all
+its memory with the template (a few MiB of its own, counted with the template's, never as a
+replica) and exits when its template does.
+
 Replicas are spawned instead when forking is unsafe or impossible: not Linux, a template that
 failed to start or import (or started threads at import), or a revision annotated
 ``knfn.dev/replica-start: spawn`` in ``spec.template.metadata.annotations``.
@@ -98,6 +104,18 @@ class ForkedProcess:
         return self.returncode
 
 
+class _Child:
+    """A forked child not started yet: its process, and the pipes knfn holds to it."""
+
+    def __init__(self, process: ForkedProcess, start_w: int, ready_r: int) -> None:
+        self.process, self.start_w, self.ready_r = process, start_w, ready_r
+
+    def discard(self) -> None:
+        """Close knfn's ends: the child reads EOF on its start pipe and exits."""
+        os.close(self.start_w)
+        os.close(self.ready_r)
+
+
 class Template:
     """A revision's template process: started, replaced when it dies, asked for forks."""
 
@@ -115,6 +133,8 @@ class Template:
         self._early_exits: dict[int, int] = {}
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
+        self._spare: _Child | None = None
+        self._refilling: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._supervise()))
@@ -133,6 +153,7 @@ class Template:
                 return
             self.state = "ready"
             self._settled.set()
+            self._refill()
             await reader  # until the channel closes: the template exited
             assert self._proc is not None
             code = await self._proc.wait()
@@ -193,6 +214,7 @@ class Template:
                 _killpg(child.pid)
                 child.exited(-signal.SIGKILL)
             self._children.clear()
+            self._drop_spare()
             self._control = None
             control.close()
 
@@ -224,48 +246,98 @@ class Template:
         """A replica with env, listening; None when this template cannot give one (spawn)."""
         if self.state == "starting":
             await self._settled.wait()
-        control = self._control
-        if self.state != "ready" or control is None:
+        if self.state != "ready" or self._control is None:
             return None
         delta = wire.env_delta(self.env, env)
         if not delta.keys <= wire.PER_REPLICA:
             stale = sorted(delta.keys - wire.PER_REPLICA)
             self._printer.line("knfn", f"{self.name}: replica env differs in {stale}; spawning")
             return None
-        request = wire.Fork(next(self._ids), delta)
+        child = self._take_spare() or await self._fork_child()
+        self._refill()
+        if child is None:
+            return None
+        try:
+            # A few bytes into an empty pipe: never blocks. Then EOF: the child reads to it.
+            os.write(child.start_w, wire.encode(wire.Start(delta)))
+        except OSError:
+            pass  # the child is gone: its exit is reported as any replica's
+        finally:
+            os.close(child.start_w)
+        child.process.listening = await _ready_byte(child.ready_r, LISTEN_TIMEOUT)
+        return child.process
+
+    def _take_spare(self) -> _Child | None:
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.process.returncode is not None:
+            spare.discard()  # it died waiting (its exit was reported): fork a new one
+            return None
+        return spare
+
+    def _refill(self) -> None:
+        """Fork a new spare in the background, unless there is one or one is on its way."""
+        if self._spare is not None or self.state != "ready":
+            return
+        if self._refilling is None or self._refilling.done():
+            self._refilling = asyncio.create_task(self._fork_spare())
+            self._tasks.append(self._refilling)
+
+    async def _fork_spare(self) -> None:
+        spare = await self._fork_child(quiet=True)
+        if spare is None:
+            return
+        if self._spare is None and self.state == "ready":
+            self._spare = spare
+        else:
+            spare.discard()
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.discard()
+
+    async def _fork_child(self, quiet: bool = False) -> _Child | None:
+        """A child forked and building its server, waiting for its Start; None if the
+        template cannot fork one (said, unless quiet: then the next replica says it)."""
+        control = self._control
+        if self.state != "ready" or control is None:
+            return None
+        request = wire.Fork(next(self._ids))
         out_r, out_w = os.pipe()
         ready_r, ready_w = os.pipe()
+        start_r, start_w = os.pipe()
         self._pending[request.id] = reply = asyncio.get_running_loop().create_future()
         try:
-            await _send_fds(control, wire.encode(request), [out_w, ready_w])
+            await _send_fds(control, wire.encode(request), [out_w, ready_w, start_r])
             answer = await asyncio.wait_for(reply, FORK_TIMEOUT)
         except (OSError, TimeoutError, TemplateError) as exc:
             answer = wire.ForkFailed(request.id, repr(exc))
         finally:
             self._pending.pop(request.id, None)
-            os.close(out_w)
-            os.close(ready_w)
+            for fd in (out_w, ready_w, start_r):
+                os.close(fd)
         if not isinstance(answer, wire.Forked):
-            os.close(out_r)
-            os.close(ready_r)
+            for fd in (out_r, ready_r, start_w):
+                os.close(fd)
             reason = answer.reason if isinstance(answer, wire.ForkFailed) else repr(answer)
-            self._printer.line("knfn", f"{self.name}: fork failed ({reason}); spawning")
+            if not quiet:
+                self._printer.line("knfn", f"{self.name}: fork failed ({reason}); spawning")
             return None
-        child = ForkedProcess(answer.pid, await _pipe_reader(out_r))
+        process = ForkedProcess(answer.pid, await _pipe_reader(out_r))
         if answer.pid in self._early_exits:
-            child.exited(self._early_exits.pop(answer.pid))
+            process.exited(self._early_exits.pop(answer.pid))
         elif self.state == "ready":
-            self._children[answer.pid] = child
+            self._children[answer.pid] = process
         else:
-            child.exited(-signal.SIGKILL)
-        child.listening = await _ready_byte(ready_r, LISTEN_TIMEOUT)
-        return child
+            process.exited(-signal.SIGKILL)
+        return _Child(process, start_w, ready_r)
 
     async def stop(self) -> None:
         """1. Close the channel (the template exits; replicas left die with it), 2. wait,
         3. SIGKILL. Its replicas are stopped by their owner first."""
         self.state = "stopped"
         self._settled.set()
+        self._drop_spare()
         if self._control is not None:
             with contextlib.suppress(OSError):
                 self._control.shutdown(socket.SHUT_WR)

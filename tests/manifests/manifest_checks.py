@@ -634,10 +634,13 @@ def _int32(value: str) -> int | None:
 def check_autoscaling_annotations(
     annotations: Mapping[str, str], where: str, allow_zero_initial_scale: bool = False
 ) -> list[str]:
-    """Revision-template autoscaling annotations as Knative's webhook checks them: the same
-    validation knfn applies when it loads the manifests (knfn.serving.autoscaling)."""
+    """Revision-template autoscaling annotations as Knative's webhook checks them (the same
+    validation knfn applies when it loads the manifests, knfn.serving.autoscaling), and, this
+    repository's own rule, none of the keys Knative lets through and ignores."""
     cfg = autoscaler_config.AutoscalerConfig(allow_zero_initial_scale=allow_zero_initial_scale)
-    return [f"{where}: {p}" for p in autoscaling.validate_annotations(annotations, cfg)]
+    problems = autoscaling.validate_annotations(annotations, cfg)
+    problems += autoscaling.annotation_warnings(annotations)
+    return [f"{where}: {p}" for p in problems]
 
 
 def _containers(pod_spec: Mapping[str, Any]) -> list[Obj]:

@@ -297,7 +297,7 @@ def test_every_service_runs_its_function(dev: list[mc.Obj], repo: Path) -> None:
 def test_function_targets_match_contract(dev: list[mc.Obj]) -> None:
     """Service names map to the agreed FUNCTION_TARGETs, all with the http signature."""
     targets = {}
-    for ksvc in mc.knative_services(dev):
+    for ksvc in mc.knative_services(pipeline.sample_only(dev)):
         env = {e["name"]: e.get("value") for e in template(ksvc)["spec"]["containers"][0]["env"]}
         assert env["FUNCTION_SIGNATURE_TYPE"] == "http"
         targets[ksvc["metadata"]["name"]] = env["FUNCTION_TARGET"]
@@ -316,7 +316,8 @@ def fake_functions(root: Path) -> Path:
 
 def test_function_contract_passes_on_complete_tree(dev: list[mc.Obj], tmp_path: Path) -> None:
     """With every main.py defining its target, the contract check is clean."""
-    assert mc.check_function_contract(dev, fake_functions(tmp_path / "functions")) == []
+    objs = pipeline.sample_only(dev)
+    assert mc.check_function_contract(objs, fake_functions(tmp_path / "functions")) == []
 
 
 def test_function_contract_reports_missing_target_and_folder(
@@ -326,7 +327,7 @@ def test_function_contract_reports_missing_target_and_folder(
     functions = fake_functions(tmp_path / "functions")
     (functions / "query" / "main.py").write_text("def other(request):\n    return ''\n")
     (functions / "catalog" / "main.py").unlink()
-    problems = mc.check_function_contract(dev, functions)
+    problems = mc.check_function_contract(pipeline.sample_only(dev), functions)
     assert len(problems) == 2
     assert any("default/query" in p and "def query(" in p for p in problems)
     assert any("default/catalog" in p and "does not exist" in p for p in problems)

@@ -17,7 +17,12 @@ from knfn.serving.autoscaler_config import (
     parse_local_override,
     with_local_overrides,
 )
-from knfn.serving.autoscaling import RevisionScaling, resolve_revision_scaling, validate_annotations
+from knfn.serving.autoscaling import (
+    RevisionScaling,
+    annotation_warnings,
+    resolve_revision_scaling,
+    validate_annotations,
+)
 
 # The data of config/core/configmaps/autoscaler.yaml as shipped (values written as upstream
 # writes them), plus the _example key every Knative ConfigMap carries.
@@ -483,10 +488,6 @@ def test_valid_annotations_pass(annotations: dict[str, str]) -> None:
         (ann(**{"class": "foo.autoscaling.knative.dev"}), "class=", "must be kpa"),
         (ann(**{"class": "custom.example.com"}), "class=", "must be kpa"),
         (ann(**{"class": HPA, "metric": ""}), "metric=''", "must not be empty"),
-        (ann(scale_to_zero_grace_period="30s"), "scale-to-zero-grace-period=", "cluster-wide"),
-        (ann(enable_scale_to_zero="false"), "enable-scale-to-zero=", "cluster-wide"),
-        (ann(minscale="1"), "minscale='1'", "unknown autoscaling annotation"),
-        (ann(min_scale="1") | {"autoscaling.knative.dev/minScale": "2"}, "minScale=", "also set"),
         (
             ann(**{"class": KPA, "metric-aggregation-algorithm": "max"}),
             "metric-aggregation-algorithm='max'",
@@ -501,6 +502,25 @@ def test_each_bad_annotation_is_named(
     problems = validate_annotations(annotations)
     assert any(named in p and fragment in p for p in problems), problems
     assert all(p.startswith("autoscaling.knative.dev/") for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("annotations", "named", "fragment"),
+    [
+        (ann(scale_to_zero_grace_period="30s"), "scale-to-zero-grace-period=", "cluster-wide"),
+        (ann(enable_scale_to_zero="false"), "enable-scale-to-zero=", "cluster-wide"),
+        (ann(minscale="1"), "minscale='1'", "did you mean autoscaling.knative.dev/min-scale?"),
+        (ann(min_scale="1") | {"autoscaling.knative.dev/minScale": "2"}, "minScale=", "also set"),
+    ],
+)
+def test_keys_knative_lets_through_are_warned_about_not_refused(
+    annotations: dict[str, str], named: str, fragment: str
+) -> None:
+    """annotation_validation.go reads only the keys it knows: an unknown, global-only or
+    doubly spelled key is accepted (and ignored), so knfn warns, naming key and value."""
+    assert validate_annotations(annotations) == []
+    warnings = annotation_warnings(annotations)
+    assert any(named in w and fragment in w and "ignored" in w for w in warnings), warnings
 
 
 def test_max_scale_limit_bounds_the_annotation() -> None:
@@ -522,16 +542,57 @@ def test_metric_is_checked_against_the_default_class() -> None:
 def test_resolve_reports_every_problem_at_once() -> None:
     """resolve_revision_scaling raises one AutoscalingError listing all problems."""
     with pytest.raises(AutoscalingError) as info:
-        resolve_revision_scaling(ann(window="1s", target="0", bogus="1"), -1, AutoscalerConfig())
+        resolve_revision_scaling(ann(window="1s", target="0"), -1, AutoscalerConfig())
     text = str(info.value)
-    for named in ("window='1s'", "target='0'", "bogus='1'", "containerConcurrency=-1"):
+    for named in ("window='1s'", "target='0'", "containerConcurrency=-1"):
         assert named in text
 
 
-def test_hpa_class_defaults_to_cpu() -> None:
-    """A revision of the HPA class scales on cpu unless told otherwise."""
-    scaling = resolve_revision_scaling(ann(**{"class": HPA}), 0, AutoscalerConfig())
-    assert (scaling.autoscaler_class, scaling.metric) == (HPA, "cpu")
+def test_hpa_class_defaults_to_cpu_and_knfn_scales_it_on_concurrency() -> None:
+    """A revision of the HPA class scales on cpu in the cluster unless told otherwise; knfn,
+    measuring no CPU, scales it on concurrency and keeps the cluster's metric for display."""
+    cfg = AutoscalerConfig()
+    scaling = resolve_revision_scaling(ann(**{"class": HPA}), 0, cfg)
+    assert (scaling.autoscaler_class, scaling.hpa_metric, scaling.metric) == (
+        HPA, "cpu", "concurrency",
+    )  # fmt: skip
+    memory = resolve_revision_scaling(ann(**{"class": HPA, "metric": "memory"}), 0, cfg)
+    assert (memory.hpa_metric, memory.metric) == ("memory", "concurrency")
+
+
+def test_hpa_class_keeps_one_replica_and_never_scales_to_zero() -> None:
+    """hpa/resources/hpa.go: minReplicas below 1 is left to Kubernetes' default of 1, so an
+    HPA revision starts with and keeps a replica even at min-scale 0 and initial-scale 0; a
+    higher min-scale holds; scale to zero is off; the activator is never in the path."""
+    allow_zero = AutoscalerConfig(allow_zero_initial_scale=True)
+    at_zero = {"min-scale": "0", "initial-scale": "0"}
+    scaling = resolve_revision_scaling(ann(**{"class": HPA, **at_zero}), 0, allow_zero)
+    assert (scaling.min_scale, scaling.initial_scale) == (1, 1)
+    assert not scaling.enable_scale_to_zero and scaling.target_burst_capacity == 0
+    three = resolve_revision_scaling(ann(**{"class": HPA, "min-scale": "3"}), 0, allow_zero)
+    assert three.min_scale == 3
+    kpa = resolve_revision_scaling(ann(**at_zero), 0, allow_zero)
+    assert (kpa.min_scale, kpa.initial_scale, kpa.enable_scale_to_zero) == (0, 0, True)
+
+
+def test_hpa_target_annotations_are_not_a_concurrency_target() -> None:
+    """For an HPA, target is a CPU percentage: knfn's concurrency target ignores it."""
+    cfg = AutoscalerConfig()
+    hpa = resolve_revision_scaling(ann(**{"class": HPA, "target": "80"}), 10, cfg)
+    kpa = resolve_revision_scaling(ann(target="80"), 10, cfg)
+    assert hpa.total_target == kpa.total_target == 10.0  # containerConcurrency
+    unlimited = resolve_revision_scaling(ann(**{"class": HPA, "target": "80"}), 0, cfg)
+    assert unlimited.total_target == 100.0  # container-concurrency-target-default
+
+
+def test_initial_scale_zero_needs_the_configmap_to_allow_it() -> None:
+    """annotation_validation.go validateInitialScale: 0 is refused unless config-autoscaler
+    has allow-zero-initial-scale: true; then the revision starts with no replica."""
+    zero = ann(initial_scale="0")
+    assert any("allow-zero-initial-scale" in p for p in validate_annotations(zero))
+    allowed = AutoscalerConfig.from_configmap({"allow-zero-initial-scale": "true"})
+    assert validate_annotations(zero, allowed) == []
+    assert resolve_revision_scaling(zero, 0, allowed).initial_scale == 0
 
 
 def test_resolution_is_deterministic_over_spelling() -> None:

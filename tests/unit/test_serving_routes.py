@@ -245,3 +245,38 @@ def test_graceful_stop_waits_for_replicas_to_drain(tmp_path: Path) -> None:
         assert [r.returncode for r in w.replicas.made] == [0, 0]
 
     run(tmp_path, scenario)
+
+
+def test_a_revision_at_zero_percent_without_a_tag_stays_active(tmp_path: Path) -> None:
+    """Every revision spec.traffic names is active (knative/serving
+    pkg/reconciler/labeler/metasync.go), at 0% and untagged too: its min-scale holds through
+    minutes of idle ticks; without min-scale the KPA takes it to zero when idle, and it is not
+    dropped at once as a revision no route names is."""
+    min_one = {"autoscaling.knative.dev/min-scale": "1"}
+
+    async def scenario(w: World) -> None:
+        await w.apply(service(env={"V": "1"}, annotations=min_one), service("other"))
+        await w.apply(
+            service(env={"V": "2"}, traffic=split(TrafficTarget(0, "hello-00001"),
+                                                  TrafficTarget(100))),
+            service("other", env={"V": "2"}, traffic=split(TrafficTarget(0, "other-00001"),
+                                                           TrafficTarget(100))),
+        )  # fmt: skip
+        [kept] = w.replicas.of("hello-00001")
+        [idle] = w.replicas.of("other-00001")
+        assert not kept.stopped and not idle.stopped
+        stop = asyncio.Event()
+        loop = asyncio.create_task(w.serving.run(2.0, stop))
+        await w.clock.advance(200)  # past the 60 s stable window and the 30 s grace
+        stop.set()
+        await asyncio.wait_for(loop, 1)
+        assert not kept.stopped and runtime(w, "hello-00001").desired == 1
+        assert idle.stopped
+        states = {
+            r["name"]: (r["routing_state"], r["traffic_percent"])
+            for s in w.serving.status()["services"]
+            for r in s["revisions"]
+        }
+        assert states["hello-00001"] == ("active", 0) and states["other-00001"] == ("active", 0)
+
+    run(tmp_path, scenario)

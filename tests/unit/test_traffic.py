@@ -16,11 +16,12 @@ def test_no_traffic_block_sends_everything_to_the_latest() -> None:
 
 
 def test_each_bad_entry_is_named() -> None:
-    """Both name and latest, a bad percent, a bad or repeated tag and a wrong sum are reported."""
+    """Both name and latest, neither, a bad percent, a bad or repeated tag and a wrong sum are
+    reported."""
     _, problems = traffic.parse(
         [
             {"revisionName": "a", "latestRevision": True, "percent": 50, "tag": "Bad_Tag"},
-            {"percent": 150, "tag": "x"},
+            {"latestRevision": False, "percent": 150, "tag": "x"},
             {"latestRevision": True, "percent": 10, "tag": "x"},
         ]
     )
@@ -66,3 +67,27 @@ def test_nothing_ready_means_no_pick() -> None:
     """Before any revision is ready, latestRevision resolves to nothing."""
     targets, _ = traffic.parse(None)
     assert traffic.resolve(targets, None).pick() is None
+
+
+def test_an_entry_without_name_or_latest_follows_the_latest() -> None:
+    """route_defaults.go: latestRevision defaults to true when no revisionName is given."""
+    targets, problems = traffic.parse([{"percent": 100}])
+    assert problems == [] and traffic.resolve(targets, "new").weights == (("new", 100),)
+
+
+def test_tags_must_be_dns_1035_labels() -> None:
+    """route_validation.go: a tag starting with a digit is refused; an empty tag is no tag."""
+    _, problems = traffic.parse([{"latestRevision": True, "percent": 100, "tag": "1canary"}])
+    assert problems == ["spec.traffic[0].tag: '1canary' is not a DNS-1035 label: it must "
+                        "start with a letter (a-z)"]  # fmt: skip
+    targets, problems = traffic.parse([{"latestRevision": True, "percent": 100, "tag": ""}])
+    assert problems == [] and targets[0].tag is None
+
+
+def test_every_named_revision_is_referenced_whatever_its_percent() -> None:
+    """A revision at 0% without a tag is still active (labeler/metasync.go), as is the latest."""
+    targets, _ = traffic.parse(
+        [{"revisionName": "old", "percent": 0}, {"latestRevision": True, "percent": 100}]
+    )
+    assert traffic.referenced(targets, "new") == {"old", "new"}
+    assert traffic.referenced(targets, None) == {"old"}
