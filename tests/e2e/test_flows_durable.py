@@ -303,7 +303,8 @@ def test_sequence_survives_kill_9_mid_chain(dev: Dev, recorder: Recorder) -> Non
     wait_for("every accepted poison event dead-lettered",
              lambda: accepted & POISON <= set(recorder.ids("dls")), 120, dev)  # fmt: skip
     out, dead = recorder.ids("out"), recorder.ids("dls")
-    assert set(out) <= accepted - POISON and set(dead) <= accepted & POISON
+    # An event stored as knfn died may have had no answer: delivered, though not seen accepted.
+    assert set(out) <= set(ids) - POISON and set(dead) <= POISON
     for headers, body in recorder.calls["out"]:
         assert headers["ce-type"] == "step.second"
         assert json.loads(body)["steps"] == ["first", "second"]
