@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections import Counter, defaultdict
@@ -211,8 +212,14 @@ def recorder() -> Iterator[Recorder]:
 
 
 @pytest.fixture(scope="module")
-def dev(tmp_path_factory: pytest.TempPathFactory, recorder: Recorder) -> Iterator[Dev]:
-    project = tmp_path_factory.mktemp("flows")
+def dev(recorder: Recorder) -> Iterator[Dev]:
+    # Not under pytest's basetemp: Postgres runs as another user and needs o+x on every
+    # parent, which a concurrent pytest session resets on its own /tmp/pytest-of-<user>.
+    with tempfile.TemporaryDirectory(prefix="knfn-flows-") as workdir:
+        yield from _dev(Path(workdir), recorder)
+
+
+def _dev(project: Path, recorder: Recorder) -> Iterator[Dev]:
     attempts = project / "attempts"
     attempts.mkdir()
     base = project / "knative" / "base"
