@@ -12,6 +12,9 @@ and ``Prefer: reply`` to the subscriber. The event is in binary mode unless the 
 handleDispatchToSubscriberRequest: only the Trigger's format is read, never the Broker's);
 a dead letter is in binary mode, as the channel's dispatcher sends it.
 
+A row with a ``flow_hop`` is a hop of a Sequence or Parallel: ``subscription.py`` attempts it
+under its subscription's delivery and turns a reply into the flow's next hop.
+
 Isolation: every attempt runs on its own task (:class:`InFlight`), bounded overall and per
 destination, and its outcome is written as soon as it is known (writes of attempts that end
 together share a transaction). A destination at its bound is left out of the next claims, so a
@@ -40,7 +43,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from knfn.eventing import cloudevent, delivery
+from knfn.eventing import cloudevent, delivery, subscription
 from knfn.eventing.broker import ARRIVAL, DEFAULT_TTL, NOT_A_CLOUDEVENT, TTL, fan_out, now_rfc3339
 from knfn.eventing.cloudevent import Event
 from knfn.eventing.config import EventingConfig
@@ -380,6 +383,8 @@ class Dispatcher:
     async def attempt(self, claimed: Claimed) -> Outcome:
         """Deliver once; decide delivered, retry later, dead-letter or give up."""
         config = self._config()
+        if claimed.flow_hop is not None:  # a Sequence's or Parallel's hop: its subscription's
+            return await subscription.attempt(config.flows, claimed, self._send, self._clock)
         trigger = config.trigger(claimed.namespace, claimed.trigger)
         if trigger is None:
             return Outcome(claimed.id, "failed", None, f"trigger {claimed.trigger} is gone")

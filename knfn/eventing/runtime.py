@@ -20,9 +20,9 @@ import aiohttp
 import psycopg
 from aiohttp import web
 
-from knfn.eventing import broker, ping, replay
+from knfn.eventing import broker, channel, ping, replay
+from knfn.eventing.channel import FlowIngress
 from knfn.eventing.config import EventingConfig
-from knfn.eventing.flows import FlowIngress
 from knfn.eventing.sending import Gatewayed
 from knfn.eventing.store import EventStore, StoreUnavailable
 from knfn.eventing.worker import Dispatchers, DispatchOptions
@@ -49,6 +49,7 @@ class Eventing:
         self._url = database_url
         self._gateway = gateway
         self.dispatchers = Dispatchers(database_url, gateway, dispatch, report)
+        self._max_event_bytes = max_event_bytes
         self.draining = False
         self._report = report
         self.flows: FlowIngress | None = None
@@ -70,7 +71,12 @@ class Eventing:
             connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
         )
         send = Gatewayed(self._session, self._gateway)
-        self.flows = FlowIngress(lambda: self.config.flows, send, report=self._report)
+        self.flows = FlowIngress(
+            lambda: self.config.flows,
+            self.store.accept,
+            report=self._report,
+            max_event_bytes=self._max_event_bytes,
+        )
         self._tasks.append(
             asyncio.create_task(
                 ping.run(lambda: self.config.pings, send, self._stop, report=self._report)
@@ -116,7 +122,11 @@ class Eventing:
                 counts = await self.store.counts(conn)
         except psycopg.Error:
             counts = {}
-        return broker.status_of(self.config, counts)
+        dropped = self.flows.dropped if self.flows is not None else {}
+        return {
+            **broker.status_of(self.config, counts),
+            **channel.status_of(self.config.flows, counts, dropped),
+        }
 
     async def events(self, limit: int) -> list[dict[str, Any]]:
         async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:

@@ -86,6 +86,9 @@ ALTER TABLE knfn_deliveries ADD COLUMN IF NOT EXISTS order_key text;
 CREATE INDEX IF NOT EXISTS knfn_deliveries_ordered
     ON knfn_deliveries (namespace, trigger, order_key, id)
     WHERE state = 'pending' AND order_key IS NOT NULL;
+-- A hop of a Sequence or Parallel ('Sequence/<name>/steps[1]', see subscription.py): its delivery
+-- spec and what becomes of its reply come from the flow. NULL: a Trigger's delivery.
+ALTER TABLE knfn_deliveries ADD COLUMN IF NOT EXISTS flow_hop text;
 """
 
 
@@ -113,6 +116,7 @@ class NewDelivery:
     extensions: dict[str, str] = field(default_factory=dict)
     replay: int = 0  # which replay of the event made it (0: the ingress's fan-out)
     order_key: str | None = None  # an ordered Trigger's partitionkey (None: unordered)
+    flow_hop: str | None = None  # a flow's hop (subscription.py); None: a Trigger's delivery
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,7 @@ class Claimed:
     accepted_at: datetime
     headers: dict[str, str] = field(default_factory=dict)  # the event's pass-through headers
     order_key: str | None = None  # an ordered Trigger's partitionkey (None: unordered)
+    flow_hop: str | None = None  # a flow's hop (subscription.py); None: a Trigger's delivery
 
 
 @dataclass(frozen=True)
@@ -219,9 +224,10 @@ async def _insert_deliveries(
         return
     await cur.execute(
         "INSERT INTO knfn_deliveries"
-        " (event_id, namespace, trigger, kind, destination, extensions, replay, order_key)"
+        " (event_id, namespace, trigger, kind, destination, extensions, replay, order_key,"
+        " flow_hop)"
         " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],"
-        " %s::jsonb[], %s::int[], %s::text[])",
+        " %s::jsonb[], %s::int[], %s::text[], %s::text[])",
         (
             [r[0] for r in rows],
             [r[1] for r in rows],
@@ -231,6 +237,7 @@ async def _insert_deliveries(
             [Jsonb(r[2].extensions) for r in rows],
             [r[2].replay for r in rows],
             [r[2].order_key for r in rows],
+            [r[2].flow_hop for r in rows],
         ),
     )
 
@@ -380,7 +387,7 @@ class EventStore:
             " WHERE d.id = due.id AND e.id = d.event_id"
             " RETURNING d.id, d.event_id, d.namespace, d.trigger, d.kind, d.destination,"
             "  d.extensions, d.attempts, e.attributes, e.data, e.broker, e.accepted_at,"
-            "  e.headers, d.order_key",
+            "  e.headers, d.order_key, d.flow_hop",
             (list(skip), limit, lease),
         )
         return [Claimed(*row) for row in await cur.fetchall()]
