@@ -127,7 +127,7 @@ class Queue:
         return Claimed(
             row.id, 1, NS, row.trigger, row.kind, row.destination, row.extensions,
             row.attempts, dict(a.attributes), a.data, a.broker, datetime.now(UTC),
-            dict(a.headers), row.flow_hop,
+            dict(a.headers), flow_hop=row.flow_hop,
         )  # fmt: skip
 
     def run(self, limit: int = 100) -> None:
