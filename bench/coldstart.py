@@ -258,16 +258,57 @@ def scale_out(dev: KnfnDev) -> tuple[float, float, Counter[int]]:
     return now - decided, now - sent, Counter(statuses)
 
 
+def cpu_seconds(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of root and every process below it, those reaped
+    included (their parent's cutime/cstime), by kind: knfn, templates (the root template and
+    what it forked: revision templates, their spares and replicas), replicas spawned, others
+    by name (postgres, weed)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, float, str]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            raw = (entry / "stat").read_text() if entry.name.isdigit() else ""
+            argv = (entry / "cmdline").read_bytes().decode("utf-8", "replace") if raw else ""
+        except OSError:
+            continue
+        if raw:
+            fields = raw.rsplit(")", 1)[1].split()
+            name = raw[raw.index("(") + 1 : raw.rindex(")")]
+            kind = next((k for mark, k in CPU_KINDS if mark in argv), name)
+            procs[int(entry.name)] = (int(fields[1]), sum(map(int, fields[11:15])) / tick, kind)
+    kinds: dict[str, float] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        if pid in procs:
+            kind = "knfn" if pid == root else procs[pid][2]
+            kinds[kind] = kinds.get(kind, 0.0) + procs[pid][1]
+            todo += [child for child, (ppid, _, _) in procs.items() if ppid == pid]
+    return kinds
+
+
+CPU_KINDS = (("template_main", "templates"), ("functions-framework", "spawned replicas"))
+
+
 def startups(warm: int = 1) -> tuple[float, list[float]]:
     """Seconds from `knfn dev` starting to its ready line: on a new state dir, then `warm` times
-    again on it (each after a clean stop)."""
+    again on it (each after a clean stop); with the CPU seconds spent by then, and the load."""
     with tempfile.TemporaryDirectory(prefix="knfn-bench-state-") as tmp:
         ports = {"KNFN_PG_PORT": str(free_port()), "KNFN_S3_PORT": str(free_port())}
         seconds = []
         for _ in range(1 + warm):
+            load = os.getloadavg()[0]
             with KnfnDev({**KNFN_ENV, **ports}, state_dir=Path(tmp) / "state") as dev:
+                cpu = cpu_seconds(dev.pid)
                 seconds.append(dev.start_seconds)
-                print(f"knfn: {dev.command_line()}: ready in {dev.start_seconds:.2f} s", flush=True)
+                parts = ", ".join(
+                    f"{k} {v:.2f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])
+                )
+                print(
+                    f"knfn: {dev.command_line()}: ready in {dev.start_seconds:.2f} s (load "
+                    f"{load:.2f}); CPU by then {sum(cpu.values()):.2f} s: {parts}",
+                    flush=True,
+                )
         return seconds[0], seconds[1:]
 
 

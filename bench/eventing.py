@@ -1,6 +1,7 @@
 """Eventing: events the broker accepts and delivers per second, and how long delivery takes.
 
-One `knfn dev` per dispatcher count (`--dispatchers`, default 1 and 3, set with KNFN_DISPATCHERS)
+One `knfn dev` per count of dispatcher processes (`--dispatchers`, default 1 and 2, set with
+KNFN_DISPATCHERS)
 on a temporary project: a Broker and one Trigger without a filter whose subscriber (by `uri`)
 is a trivial aiohttp + uvloop server, this script in its subscriber role as its own process,
 answering 204 at once and noting the wall-clock time each event arrived. Against each:
@@ -16,15 +17,19 @@ answering 204 at once and noting the wall-clock time each event arrived. Against
    wrk stops counts against it. Latency under load is from the ingress to the subscriber: the
    `knativearrivaltime` the ingress sets, against the receive time (both wall clock, one
    machine), and from wrk's send time (`ce-benchsent`, gettimeofday in wrk's Lua) to receipt;
-3. the baseline, in the same run and on the same embedded Postgres server knfn started (the
+3. paced at half the best delivered rate of that knfn (wrk's `delay` hook keeps one schedule
+   for all connections): latency from the ingress to the subscriber when the broker is not
+   saturated, which is what a user waits;
+4. the baseline, in the same run and on the same embedded Postgres server knfn started (the
    knfn database, at KNFN_PG_PORT): one psycopg client inserting one row per commit
    (synchronous_commit on), commits per second.
 
-CPU per event (user + system) of the knfn process, of the Postgres server (postmaster and its
+CPU per event (user + system) of knfn (its process and its dispatcher processes), of the Postgres
+server (postmaster and its
 backends) and of the subscriber during each loaded run says where the machine's cores went.
 Timings are printed, never asserted.
 
-    .venv/bin/python bench/eventing.py [--duration 6] [--connections 16,64] [--dispatchers 1,3]
+    .venv/bin/python bench/eventing.py [--duration 6] [--connections 16,64] [--dispatchers 1,2]
 """
 
 from __future__ import annotations
@@ -68,6 +73,9 @@ EVENT_BODY = b'{"n": 1}'
 DRAIN_TIMEOUT = 180.0
 TARGET_DELIVERED_PER_S = 2000.0
 TARGET_UNLOADED_P50_MS = 5.0
+TARGET_VS_BASELINE = 1.5  # delivered/s against one client's one-row commits/s
+TARGET_PACED_P99_MS = 50.0  # ingress to subscriber, at half the best delivered rate
+PACED_CONNECTIONS = 32
 CPU_WATCHED = ("knfn", "postgres", "subscriber")
 
 MANIFESTS = """\
@@ -99,12 +107,27 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["ce-specversion"] = "1.0"
 wrk.headers["ce-source"] = "/bench"
 wrk.headers["ce-type"] = "bench.event"
+{pacing}
 request = function()
   n = n + 1
   ffi.C.gettimeofday(tv, nil)
   wrk.headers["ce-id"] = "{prefix}-" .. n
   wrk.headers["ce-benchsent"] = string.format("%d.%06d", tonumber(tv.tv_sec), tonumber(tv.tv_usec))
   return wrk.format(nil, "{path}")
+end
+"""
+
+# One schedule for every connection of the thread (-t1): each answer takes the next slot, so
+# the rate holds whatever the latency (up to the connections' limit).
+PACING = """local interval_ms = {interval_ms}
+local next_at = nil
+delay = function()
+  ffi.C.gettimeofday(tv, nil)
+  local now = tonumber(tv.tv_sec) * 1000 + tonumber(tv.tv_usec) / 1000
+  if next_at == nil or next_at < now - 1000 then next_at = now end
+  next_at = next_at + interval_ms
+  if next_at <= now then return 0 end
+  return math.floor(next_at - now)
 end
 """
 
@@ -236,6 +259,16 @@ class EventingDev(KnfnDev):
         argv[argv.index("--project-dir") + 1] = str(self.project)
         return argv
 
+    def knfn_pids(self) -> list[int]:
+        """knfn's process and its dispatcher processes (its children running dispatch-worker)."""
+        pids = [self.pid]
+        for proc in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == self.pid and b"dispatch-worker" in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+        return pids
+
     def postgres_pids(self) -> list[int]:
         """The postmaster knfn started for this run (found by its port) and its backends."""
         wanted = [b"-p", str(self.pg_port).encode()]
@@ -331,7 +364,9 @@ def loaded(
     sub.take()
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script)]
     argv.append(f"http://127.0.0.1:{dev.port}{BROKER_PATH}")
-    watch = dict(zip(CPU_WATCHED, ([dev.pid], dev.postgres_pids(), [sub.proc.pid]), strict=True))
+    watch = dict(
+        zip(CPU_WATCHED, (dev.knfn_pids(), dev.postgres_pids(), [sub.proc.pid]), strict=True)
+    )
     before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in watch.items()}
     started = time.time()
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -401,8 +436,23 @@ class Run:
     command: str
     unloaded: Unloaded
     loaded: list[Loaded]
+    paced: Loaded
+    paced_rate: float
     baseline_commits_per_s: float
     exit_code: int | None
+
+
+def wrk_script(tmp: Path, name: str, prefix: str, rate: float | None = None) -> Path:
+    """The wrk script for one run; paced at rate events/s when given."""
+    pacing = PACING.format(interval_ms=f"{1000.0 / rate:.4f}") if rate else ""
+    script = tmp / f"{name}.lua"
+    script.write_text(
+        WRK_SCRIPT.format(
+            body=EVENT_BODY.decode(), host=BROKER_HOST, path=BROKER_PATH, prefix=prefix,
+            pacing=pacing,
+        )
+    )  # fmt: skip
+    return script
 
 
 def one_run(
@@ -414,20 +464,16 @@ def one_run(
         quiet = unloaded(dev, sub, args.unloaded, f"one{dispatchers}")
         runs = []
         for connections in args.connections:
-            script = tmp / f"events-{dispatchers}-{connections}.lua"
-            script.write_text(
-                WRK_SCRIPT.format(
-                    body=EVENT_BODY.decode(),
-                    host=BROKER_HOST,
-                    path=BROKER_PATH,
-                    prefix=f"d{dispatchers}c{connections}",
-                )
-            )
+            name = f"d{dispatchers}c{connections}"
+            script = wrk_script(tmp, name, name)
             runs.append(loaded(dev, sub, connections, args.duration, script))
+        rate = max(x.delivered_per_s for x in runs) / 2
+        script = wrk_script(tmp, f"d{dispatchers}paced", f"d{dispatchers}p", rate)
+        paced = loaded(dev, sub, PACED_CONNECTIONS, args.duration, script)
         baseline = postgres_commits(dev.knfn_database_url(), args.duration)
         command = dev.command_line()
         code = dev.stop()
-    return Run(dispatchers, command, quiet, runs, baseline, code)
+    return Run(dispatchers, command, quiet, runs, paced, rate, baseline, code)
 
 
 def ms(values: Sequence[float], q: float) -> str:
@@ -475,6 +521,20 @@ def latency_table(runs: Sequence[Run]) -> str:
     return table(header, rows)
 
 
+def paced_table(runs: Sequence[Run]) -> str:
+    header = ["dispatchers", "target/s", "accepted/s", "delivered/s"]
+    header += ["ingress->sub p50 ms", "ingress->sub p99 ms", "knfn cpu us"]
+    rows = []
+    for r in runs:
+        x = r.paced
+        row = [str(r.dispatchers), f"{r.paced_rate:,.0f}", f"{x.accepted_per_s:,.0f}"]
+        row += [f"{x.delivered_per_s:,.0f}"]
+        row += [ms(x.arrival_to_receipt_ms, 50), ms(x.arrival_to_receipt_ms, 99)]
+        row += [f"{x.cpu_us['knfn']:.0f}"]
+        rows.append(row)
+    return table(header, rows)
+
+
 def baseline_table(runs: Sequence[Run]) -> str:
     header = ["dispatchers", "postgres commits/s", "best delivered/s", "ratio"]
     rows = []
@@ -490,6 +550,8 @@ def baseline_table(runs: Sequence[Run]) -> str:
 def report(runs: Sequence[Run], args: argparse.Namespace) -> str:
     best = max(x.delivered_per_s for r in runs for x in r.loaded)
     p50 = min(percentile(r.unloaded.post_to_receipt_ms, 50) for r in runs)
+    ratio = max(max(x.delivered_per_s for x in r.loaded) / r.baseline_commits_per_s for r in runs)
+    p99 = min(percentile(r.paced.arrival_to_receipt_ms, 99) for r in runs)
     return "\n".join(
         [
             f"Unloaded: {args.unloaded} events one at a time (POST, wait for the subscriber, next)",
@@ -501,9 +563,17 @@ def report(runs: Sequence[Run], args: argparse.Namespace) -> str:
             "Loaded: latency to the subscriber, and CPU per delivered event",
             latency_table(runs),
             "",
+            f"Paced: wrk -t1 -c{PACED_CONNECTIONS} -d{args.duration}s at half the best delivered/s"
+            " of the same knfn",
+            paced_table(runs),
+            "",
             f"Baseline: one psycopg client, one-row INSERT per commit, {args.duration}s",
             baseline_table(runs),
             "",
+            f"target: delivered/s at least {TARGET_VS_BASELINE:g}x the one-commit baseline: "
+            f"best {ratio:.2f}x ({'met' if ratio >= TARGET_VS_BASELINE else 'missed'})",
+            f"target: ingress->sub p99 at most {TARGET_PACED_P99_MS:g} ms at half the best rate: "
+            f"best {p99:.2f} ms ({'met' if p99 <= TARGET_PACED_P99_MS else 'missed'})",
             f"target: at least {TARGET_DELIVERED_PER_S:,.0f} events/s delivered end to end: "
             f"best {best:,.0f}/s ({'met' if best >= TARGET_DELIVERED_PER_S else 'missed'})",
             f"target: unloaded p50 (POST to subscriber) at most {TARGET_UNLOADED_P50_MS:g} ms: "
@@ -547,7 +617,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--connections", type=_ints, default=[16, 64], help="wrk connections [16,64]"
     )
-    parser.add_argument("--dispatchers", type=_ints, default=[1, 3], help="knfn runs [1,3]")
+    parser.add_argument(
+        "--dispatchers", type=_ints, default=[1, 2], help="dispatcher processes, a knfn each [1,2]"
+    )
     parser.add_argument("--unloaded", type=int, default=200, help="events one at a time [200]")
     parser.add_argument("--serve-subscriber", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

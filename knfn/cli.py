@@ -148,9 +148,9 @@ print_option = click.option(
     "--dispatchers",
     envvar="KNFN_DISPATCHERS",
     type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
-    help="Broker dispatchers claiming deliveries in parallel (env KNFN_DISPATCHERS).",
+    default=None,
+    help="Broker dispatcher processes claiming deliveries in parallel, beside the gateway "
+    "[default: one per two cores, 1 to 4] (env KNFN_DISPATCHERS).",
 )
 @click.option(
     "--shutdown-timeout",
@@ -231,7 +231,7 @@ def dev_command(
     port: int,
     admin_port: int,
     watch: bool,
-    dispatchers: int,
+    dispatchers: int | None,
     shutdown_timeout: float,
     max_event_bytes: int,
     replica_start: str,
@@ -261,12 +261,14 @@ def dev_command(
     import uvloop
 
     from knfn import dev
+    from knfn.eventing.worker import default_processes
     from knfn.logfiles import LogFiles
     from knfn.logs import Printer
     from knfn.serving import autoscaler_config
 
     options = dev.DevOptions(
-        port, admin_port, watch, dict(os.environ), dispatchers, shutdown_timeout, max_event_bytes,
+        port, admin_port, watch, dict(os.environ), dispatchers or default_processes(os.cpu_count()),
+        shutdown_timeout, max_event_bytes,
         listeners=listeners, replica_start=replica_start,
         caps=budget.Caps(max_replicas_per_revision, max_replicas, memory_reserve),
         allow_not_ready_triggers=allow_not_ready_triggers,
@@ -282,6 +284,25 @@ def dev_command(
     finally:
         files.close()
         lock.release()
+
+
+@main.command("dispatch-worker", hidden=True)
+@click.option("--slot", type=int, required=True)
+@click.option("--gateway", required=True)
+@click.option("--total", type=click.IntRange(min=1), required=True)
+@click.option("--per-destination", type=click.IntRange(min=1), required=True)
+@click.option("--batch", type=click.IntRange(min=1), required=True)
+@click.option("--database-url", envvar="KNFN_DISPATCH_DATABASE_URL", required=True)
+@handle_errors
+def dispatch_worker_command(
+    slot: int, gateway: str, total: int, per_destination: int, batch: int, database_url: str
+) -> None:
+    """One broker dispatcher process, started and stopped by `knfn dev` (internal)."""
+    from knfn.eventing import worker
+    from knfn.eventing.dispatcher import Limits
+
+    limits = Limits(total=total, per_destination=per_destination, batch=batch)
+    worker.main(worker.WorkerOptions(slot, gateway, database_url, limits))
 
 
 if __name__ == "__main__":

@@ -38,9 +38,10 @@ from knfn.backing.supervise import supervise
 from knfn.errors import KnfnError
 from knfn.eventing import config as eventing_config
 from knfn.eventing.runtime import Eventing
+from knfn.eventing.worker import DispatchOptions
 from knfn.gateway import Gateway
 from knfn.logs import Printer
-from knfn.serving import autoscaling, template
+from knfn.serving import autoscaling, template, template_root
 from knfn.serving.autoscaler_config import (
     AutoscalerConfig,
     AutoscalingError,
@@ -55,6 +56,7 @@ from knfn.serving.replica_env import SecretValues
 from knfn.serving.replica_records import ReplicaRecords
 from knfn.serving.revision import RevisionStore
 from knfn.serving.runtime import Serving
+from knfn.serving.template_root import TemplateRoot
 from knfn.settings import Settings
 
 READY_TIMEOUT = 90.0
@@ -70,7 +72,7 @@ class DevOptions:
     admin_port: int
     watch: bool
     host_env: Mapping[str, str]
-    dispatchers: int = 1
+    dispatchers: int = 1  # dispatcher processes (knfn/eventing/worker.py)
     shutdown_timeout: float = 30.0
     max_event_bytes: int = 1024 * 1024
     # Ports the CLI already bound (so a busy one failed before anything started), by port.
@@ -127,12 +129,21 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
     halt = asyncio.Event()  # the background loops run on until the replicas are stopped
     report = lambda message: say.line("knfn", message)  # noqa: E731
 
+    # 0. The root template starts importing what every revision's template shares, beside
+    #    everything else (knfn/serving/template_root.py).
+    root = _template_root(settings, options, say)
+
     # 1. Backing services, both at once (blocking calls: run off the loop). Serving needs
     #    Postgres (revision history, broker queues); S3 only has to be up before knfn is ready:
     #    the functions connect when they serve, and the buckets step waits for it.
-    startup = await loop.run_in_executor(
-        None, services.Startup, settings.backing, report, services.DEV
-    )
+    try:
+        startup = await loop.run_in_executor(
+            None, services.Startup, settings.backing, report, services.DEV
+        )
+    except BaseException:
+        if root is not None:
+            await root.stop()
+        raise
 
     serving: Serving | None = None
     eventing: Eventing | None = None
@@ -186,6 +197,7 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
             functions_dir=settings.functions_dir,
             new_replica=lambda spec: Replica(spec, say, records),
             templates=options.replica_start == "fork" and template.supported(),
+            template_root=root,
         )
         serving = Serving(ctx, m)
         metrics.KNATIVE_AUTOSCALER.watch(serving.autoscaling)
@@ -197,9 +209,10 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
         eventing = Eventing(
             backing.knfn_database_url,
             brokers,
+            m,
             f"http://127.0.0.1:{options.port}",
             lambda message: say.line("knfn", message),
-            dispatchers=options.dispatchers,
+            DispatchOptions(options.dispatchers, host_env=options.host_env),
             max_event_bytes=options.max_event_bytes,
         )
         await eventing.start()
@@ -259,7 +272,22 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
             background=(halt, background),
             serving=serving,
             backing_down=lambda: loop.run_in_executor(None, _backing_down, settings, startup),
+            root=root,
         )
+
+
+def _template_root(settings: Settings, options: DevOptions, say: Printer) -> TemplateRoot | None:
+    """The root template, started now; None when replicas are spawned (no templates)."""
+    if options.replica_start != "fork" or not template.supported():
+        return None
+    root = TemplateRoot(
+        template_root.root_env(options.host_env),
+        template_root.requirement_files(settings.functions_dir),
+        settings.state_dir / "run" / "template-root",
+        say,
+    )
+    root.start()
+    return root
 
 
 def _secret_values(
@@ -359,6 +387,7 @@ async def shut_down(
     background: tuple[asyncio.Event, list[asyncio.Task[None]]],
     serving: Serving | None,
     backing_down: Callable[[], Awaitable[object]],
+    root: TemplateRoot | None = None,
 ) -> None:
     """The shutdown steps, in order; raises KnfnError naming every step that failed."""
     say = teardown.say
@@ -403,6 +432,8 @@ async def shut_down(
             await sv.stop(grace=0)
 
         await teardown.step("4. stop replicas", sv.stop, kill_replicas)
+    if root is not None:  # after the templates it forked (their replicas' stop needs them)
+        await root.stop()
 
     # 5. Backing services this run started (ones already running are left running).
     await teardown.step("5. stop backing services", backing_down)

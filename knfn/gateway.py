@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Protocol, TypeVar
 
 import aiohttp
@@ -118,6 +119,7 @@ class Gateway:
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=REPLICA_KEEPALIVE),
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),
+            trace_configs=[_sent_trace()],
         )
 
     async def _close(self, _: web.Application) -> None:
@@ -238,6 +240,7 @@ class Gateway:
         if body is not None:
             data = body.head if body.complete else self._rest(request, body)
         response: web.StreamResponse | None = None
+        attempt = _Attempt()
         try:
             async with asyncio.timeout_at(response_start) as start_clock:
                 upstream = await self._session.request(
@@ -247,6 +250,7 @@ class Gateway:
                     data=data,
                     allow_redirects=False,
                     skip_auto_headers=NOT_ADDED,
+                    trace_request_ctx=attempt,
                 )
             try:
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -262,7 +266,7 @@ class Gateway:
             finally:
                 upstream.release()
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-            refused = isinstance(exc, aiohttp.ClientConnectorError) and response is None
+            refused = isinstance(exc, aiohttp.ClientConnectorError) and not attempt.sent
             if refused and not isinstance(data, AsyncIterator):
                 raise _Refused from exc  # never reached the replica: safe to send elsewhere
             if response is not None and response.prepared:
@@ -397,6 +401,28 @@ def _too_slow(message: str) -> web.Response:
 
 class _Refused(Exception):
     """The replica refused the connection: the request was not sent."""
+
+
+@dataclass
+class _Attempt:
+    """Whether any of the client's tries sent the request's head: aiohttp, as Go's transport,
+    tries an idempotent request again on a new connection when a reused one fails, so a
+    refused connection may follow a try that reached the replica."""
+
+    sent: bool = False
+
+
+def _sent_trace() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+
+    async def headers_sent(
+        _: aiohttp.ClientSession, ctx: SimpleNamespace, __: aiohttp.TraceRequestHeadersSentParams
+    ) -> None:
+        if isinstance(ctx.trace_request_ctx, _Attempt):
+            ctx.trace_request_ctx.sent = True
+
+    trace.on_request_headers_sent.append(headers_sent)
+    return trace
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ async def run(
             for warning in m.warnings:
                 say.line("knfn", f"warning: {warning}")
             await serving.apply(m)
-            eventing.apply(brokers)
+            eventing.apply(brokers, m)
         except KnfnError as exc:
             say.line("knfn", f"change not applied: {exc}")
             continue

@@ -81,7 +81,7 @@ def now_rfc3339() -> str:
 def fan_out(config: EventingConfig, namespace: str, broker: str, event: Event) -> list[NewDelivery]:
     """One delivery per trigger of the broker whose filter matches the event."""
     return [
-        NewDelivery(t.name, t.subscriber)
+        NewDelivery(t.name, t.subscriber, order_key=t.order_key(event.attributes))
         for t in config.triggers_of(namespace, broker)
         if t.matches(event.attributes)
     ]

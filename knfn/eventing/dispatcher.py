@@ -12,6 +12,9 @@ and ``Prefer: reply`` to the subscriber. The event is in binary mode unless the 
 handleDispatchToSubscriberRequest: only the Trigger's format is read, never the Broker's);
 a dead letter is in binary mode, as the channel's dispatcher sends it.
 
+A row with a ``flow_hop`` is a hop of a Sequence or Parallel: ``subscription.py`` attempts it
+under its subscription's delivery and turns a reply into the flow's next hop.
+
 Isolation: every attempt runs on its own task (:class:`InFlight`), bounded overall and per
 destination, and its outcome is written as soon as it is known (writes of attempts that end
 together share a transaction). A destination at its bound is left out of the next claims, so a
@@ -38,8 +41,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool
 
-from knfn.eventing import cloudevent, delivery
+from knfn.eventing import cloudevent, delivery, subscription
 from knfn.eventing.broker import ARRIVAL, DEFAULT_TTL, NOT_A_CLOUDEVENT, TTL, fan_out, now_rfc3339
 from knfn.eventing.cloudevent import Event
 from knfn.eventing.config import EventingConfig
@@ -70,6 +74,21 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+def new_pool(url: str) -> AsyncConnectionPool[Any]:
+    """A process's pool for the event store: autocommit connections (a claim is one statement;
+    outcomes open their own transaction), reconnected by the pool when the database comes back.
+    Opened by ``async with``."""
+    return AsyncConnectionPool(
+        url,
+        min_size=2,
+        max_size=4,
+        kwargs={"autocommit": True},
+        timeout=RECONNECT_SECONDS * 5,
+        open=False,
+        name="knfn-dispatch",
+    )
 
 
 class InFlight:
@@ -162,7 +181,12 @@ class InFlight:
 
 
 class Dispatcher:
-    """Claims due deliveries and attempts each on its own task, within :class:`Limits`."""
+    """Claims due deliveries and attempts each on its own task, within :class:`Limits`.
+
+    Its connections come from ``pool`` (the process's one pool for the event store; without
+    one, :meth:`run` opens its own from ``url``), but for the LISTEN connection, which is its
+    own for as long as it listens.
+    """
 
     def __init__(
         self,
@@ -174,6 +198,7 @@ class Dispatcher:
         limits: Limits = DEFAULT_LIMITS,
         lease: float = LEASE_SECONDS,
         clock: Callable[[], float] = time.time,
+        pool: AsyncConnectionPool[Any] | None = None,
     ) -> None:
         self._url = url
         self._store = store
@@ -181,9 +206,12 @@ class Dispatcher:
         self._send = send
         self._lease = timedelta(seconds=lease)
         self._clock = clock
+        self._pool = pool
         self._inflight = InFlight(self._attempt_safely, self._ended, limits)
         self._outcomes: list[Outcome] = []
         self._releases: list[int] = []
+        self._writing = 0  # outcomes and releases taken by the recorder, not yet written
+        self._ordered_ended = False  # the next write tells every dispatcher (see record)
         self._dirty = asyncio.Event()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -194,12 +222,25 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event, cut: asyncio.Event) -> None:
         """Claim and attempt until ``stop``; then let attempts end until ``cut``, release the
         rest, and write everything still unwritten."""
+        if self._pool is None:
+            async with new_pool(self._url) as pool:
+                self._pool = pool
+                try:
+                    await self._run(stop, cut, pool)
+                finally:
+                    self._pool = None
+        else:
+            await self._run(stop, cut, self._pool)
+
+    async def _run(
+        self, stop: asyncio.Event, cut: asyncio.Event, pool: AsyncConnectionPool[Any]
+    ) -> None:
         self._stopping = stop
-        recorder = asyncio.create_task(self._record_loop())
+        recorder = asyncio.create_task(self._record_loop(pool))
         try:
             while not stop.is_set():
                 try:
-                    await self._claim_loop(stop)
+                    await self._claim_loop(stop, pool)
                 except (psycopg.Error, OSError):
                     # The database went away: claimed work is leased, not lost; connect again.
                     with contextlib.suppress(TimeoutError):
@@ -211,7 +252,9 @@ class Dispatcher:
             self._dirty.set()
         finally:
             # 3. The last outcomes and releases are written (bounded: the database may be gone;
-            # then the leases lapse and the next start makes the deliveries due again).
+            # then the leases lapse and the next start makes the deliveries due again). Flushed
+            # means written, not merely taken by the recorder: a write in progress is awaited,
+            # never cancelled half-way (its count would be lost).
             self._dirty.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flushed(), FLUSH_SECONDS)
@@ -220,13 +263,13 @@ class Dispatcher:
                 await recorder
 
     async def _flushed(self) -> None:
-        while self._outcomes or self._releases:
+        while self._outcomes or self._releases or self._writing:
             self._dirty.set()
             await asyncio.sleep(0.01)
 
-    async def _claim_loop(self, stop: asyncio.Event) -> None:
+    async def _claim_loop(self, stop: asyncio.Event, pool: AsyncConnectionPool[Any]) -> None:
         async with (
-            await psycopg.AsyncConnection.connect(self._url, autocommit=True) as work,
+            pool.connection() as work,
             await psycopg.AsyncConnection.connect(self._url, autocommit=True) as listen,
         ):
             await listen.execute(f"LISTEN {CHANNEL}")
@@ -251,6 +294,7 @@ class Dispatcher:
         inflight.changed.clear()
         room = min(inflight.limits.batch, inflight.room())
         skip = inflight.saturated()
+        claimed: list[Claimed] = []
         if room > 0:
             claimed = await self._store.claim(work, room, self._lease, skip=skip)
             for c in claimed:
@@ -262,7 +306,11 @@ class Dispatcher:
         else:
             wait = 1.0
         if wait <= 0:
-            return
+            if claimed:
+                return
+            # Due but not claimable: held by another dispatcher, or an ordered delivery behind
+            # an earlier one of its key. Its end is notified (record), so wait for that.
+            wait = 1.0
         # Sleep until new work is notified, a slot frees (when slots are what held us back),
         # the next retry is due, or stop.
         waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
@@ -274,40 +322,37 @@ class Dispatcher:
             for w in waits:
                 w.cancel()
 
-    async def _record_loop(self) -> None:
-        """Write outcomes and releases as they come, renewing the leases of held deliveries."""
+    async def _record_loop(self, pool: AsyncConnectionPool[Any]) -> None:
+        """Write outcomes and releases as they come (each round's in one batch), renewing the
+        leases of held deliveries."""
         renew_every = self._lease.total_seconds() / 3
-        conn: psycopg.AsyncConnection[Any] | None = None
         last_renewal = time.monotonic()
-        try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._dirty.wait(), renew_every)
-                self._dirty.clear()
-                outcomes, self._outcomes = self._outcomes, []
-                releases, self._releases = self._releases, []
-                try:
-                    if conn is None or conn.closed:
-                        conn = await psycopg.AsyncConnection.connect(
-                            self._url, autocommit=True, connect_timeout=2
-                        )
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), renew_every)
+            self._dirty.clear()
+            outcomes, self._outcomes = self._outcomes, []
+            releases, self._releases = self._releases, []
+            wake, self._ordered_ended = self._ordered_ended, False
+            self._writing = len(outcomes) + len(releases)
+            try:
+                async with pool.connection() as conn:
                     if outcomes:
-                        await self._store.record(conn, outcomes)
+                        await self._store.record(conn, outcomes, wake=wake)
                     if releases:
                         await self._store.release(conn, releases)
                         self.released += len(releases)
                     if time.monotonic() - last_renewal >= renew_every:
                         await self._store.renew(conn, list(self._inflight.held), self._lease)
                         last_renewal = time.monotonic()
-                except (psycopg.Error, OSError):
-                    # Kept for the next round; the leases keep the rows from being claimed.
-                    self._outcomes[:0] = outcomes
-                    self._releases[:0] = releases
-                    conn = None
-                    await asyncio.sleep(RECONNECT_SECONDS)
-        finally:
-            if conn is not None:
-                await conn.close()
+            except (psycopg.Error, OSError):
+                # Kept for the next round; the leases keep the rows from being claimed.
+                self._outcomes[:0] = outcomes
+                self._releases[:0] = releases
+                self._ordered_ended |= wake
+                await asyncio.sleep(RECONNECT_SECONDS)
+            finally:
+                self._writing = 0
 
     def _ended(self, claimed: Claimed, outcome: Outcome) -> None:
         if self._stopping.is_set() and outcome.state != "delivered":
@@ -315,6 +360,7 @@ class Dispatcher:
         else:
             self._outcomes.append(outcome)
             self.delivered += outcome.state == "delivered"
+            self._ordered_ended |= claimed.order_key is not None and outcome.state != "pending"
         self._dirty.set()
 
     async def _attempt_safely(self, claimed: Claimed) -> Outcome:
@@ -337,6 +383,8 @@ class Dispatcher:
     async def attempt(self, claimed: Claimed) -> Outcome:
         """Deliver once; decide delivered, retry later, dead-letter or give up."""
         config = self._config()
+        if claimed.flow_hop is not None:  # a Sequence's or Parallel's hop: its subscription's
+            return await subscription.attempt(config.flows, claimed, self._send, self._clock)
         trigger = config.trigger(claimed.namespace, claimed.trigger)
         if trigger is None:
             return Outcome(claimed.id, "failed", None, f"trigger {claimed.trigger} is gone")

@@ -27,52 +27,48 @@ flow from Channels and Subscriptions:
   :attr:`Parallel.address` ``http://<name>-kn-parallel-kn-channel.<ns>.svc.cluster.local``.
   The channel answers (``pkg/channel/event_receiver.go``): POST only (OPTIONS 200, others
   405), path ``/`` only (400), an invalid event 400, and 202 with an empty body once the
-  event was handed on, or 500 when that failed.
+  event was handed on (here: stored), or an error when that failed (here: 503).
+* Names (``resources/channel.go``, ``resources/subscription.go``): channels
+  ``<name>-kn-sequence-<i>``, ``<name>-kn-parallel``, ``<name>-kn-parallel-<i>``;
+  subscriptions ``<name>-kn-sequence-<i>``, ``<name>-kn-parallel-filter-<i>`` and
+  ``<name>-kn-parallel-<i>``. A hop's delivery carries its subscription's name as its
+  ``trigger``, so the event inspector and ``knfn events`` name what upstream would.
 
-Design: the chain runs synchronously inside the request to the flow's address. That is what
-upstream's default channel does: an InMemoryChannel dispatches synchronously unless annotated
-``messaging.knative.dev/async-handler`` (``pkg/channel/fanout/fanout_event_handler.go``), so
-the POST to a Sequence returns only after every step has run, with 500 when one failed. It
-also keeps the flow as durable as its caller without a second queue: nothing is acknowledged
-(202) before the whole chain has run or been dead-lettered, so a Trigger's delivery (stored in
-Postgres) or a PingSource (which retries) sees the failure and retries the flow, giving
-at-least-once delivery to every step, where upstream's in-memory channels drop events on a
-restart. Expressing each hop as stored deliveries would add acknowledged-but-not-done states
-that the synchronous channel does not have.
+Design: every hop is a queued delivery. The flow's address stores the event with its first
+hop(s) (step 0; each Parallel branch's filter, or its subscriber when it has none) in the event
+store (``store.py``) and answers 202 once that is committed, as the broker ingress does and as
+a durable channel (KafkaChannel) does, rather than as the default InMemoryChannel, which runs
+the chain inside the request and loses it on a restart. The broker's dispatchers claim a hop
+like any delivery and hand it to ``subscription.py``, which attempts it under its subscription's
+``delivery`` (retry, backoff, timeout, dead-letter sink) and turns a reply into the next hop:
+stored as a new event (on the next channel) with its delivery, in the same transaction as the
+outcome of the hop that answered. A crash between the two loses nothing; it may repeat a hop
+(at least once). The address itself, and the hop limit that stops a flow feeding itself, are
+in ``channel.py``.
 
-One simplification: upstream, when step *i+1* finally fails, the channel in front of it
-answers 500 to step *i*'s subscription, which then retries forwarding the reply (re-running
-step *i+1* and everything after it) under step *i*'s retry policy and may dead-letter the
-reply to step *i*'s sink. Here each hop is retried under its own policy only and the chain
-stops at the hop that failed; :attr:`Outcome.failed` names it with its last status.
+As with a durable channel, a hop that finally fails ends its own chain only: step *i* is done
+once its reply is stored, and step *i+1* is retried and dead-lettered under its own policy.
+Upstream's synchronous InMemoryChannel would instead answer 500 to step *i*'s subscription,
+which then re-runs step *i* under its own retry policy.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
-from knfn.eventing import cloudevent, delivery, destinations
-from knfn.eventing.cloudevent import Event, InvalidEvent
+from knfn.eventing import delivery, destinations
 from knfn.eventing.delivery import DeliveryError, DeliverySpec, Destination
 from knfn.eventing.errors import UnresolvedDestination
-from knfn.eventing.sending import DEFAULT_ATTEMPT_TIMEOUT, Sender
 from knfn.manifests import ManifestError, Manifests
-from knfn.routing import parse_host
 
 FLOWS_GROUP = "flows.knative.dev"
 CHANNEL_SUFFIX = "-kn-channel"  # pkg/channel/references.go K8ServiceNameSuffix
 NO_DELIVERY = DeliverySpec()  # a subscription without spec.delivery: one attempt, no sink
-
-
-Sleep = Callable[[float], Awaitable[None]]
 
 
 def child_name(parent: str, suffix: str) -> str:
@@ -101,7 +97,28 @@ _HOSTS: dict[str, Callable[[str, str], str]] = {
 }
 
 
-# -- the flows -------------------------------------------------------------------------------
+# -- the flows and their hops ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One destination of a flow, as the subscription that sends there delivers to it.
+
+    ``ref`` names it within its flow: ``steps[i]``, ``reply`` (a Sequence's), and
+    ``branches[i].filter``, ``branches[i].subscriber``, ``branches[i].reply``. ``kind`` is
+    step, filter, branch or reply (no ``Prefer: reply`` to a reply destination, and what it
+    answers goes nowhere). ``channel`` is the channel an event for this hop arrives on;
+    ``then`` is the ref of the hop a reply event goes on to (None: a reply is dropped).
+    """
+
+    ref: str
+    kind: str
+    subscription: str
+    channel: str
+    url: str
+    delivery: DeliverySpec = NO_DELIVERY
+    dead_letter_url: str | None = None
+    then: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +145,31 @@ class Sequence:
     def address(self) -> str:
         """What Knative reports as ``status.address.url``."""
         return f"http://{self.host}"
+
+    @cached_property
+    def hops(self) -> dict[str, Hop]:
+        """Step *i* (subscription and channel ``<name>-kn-sequence-<i>``) replies to step
+        *i+1*; the last step to ``reply``, sent by the last step's subscription."""
+        out: dict[str, Hop] = {}
+        last = len(self.steps) - 1
+        for i, step in enumerate(self.steps):
+            name = child_name(self.name, f"-kn-sequence-{i}")
+            then = f"steps[{i + 1}]" if i < last else ("reply" if self.reply_url else None)
+            out[f"steps[{i}]"] = Hop(
+                f"steps[{i}]", "step", name, name, step.url, step.delivery,
+                step.dead_letter_url, then,
+            )  # fmt: skip
+            if i == last and self.reply_url is not None:
+                out["reply"] = Hop(
+                    "reply", "reply", name, name, self.reply_url, step.delivery,
+                    step.dead_letter_url,
+                )  # fmt: skip
+        return out
+
+    @property
+    def first(self) -> tuple[Hop, ...]:
+        """Where an event at the address goes: step 0."""
+        return (self.hops["steps[0]"],) if self.steps else ()
 
 
 @dataclass(frozen=True)
@@ -157,13 +199,49 @@ class Parallel:
         """What Knative reports as ``status.address.url``."""
         return f"http://{self.host}"
 
+    @cached_property
+    def hops(self) -> dict[str, Hop]:
+        """Per branch: the filter (subscription ``<name>-kn-parallel-filter-<i>`` on the
+        ingress channel, no delivery: parallel/resources/subscription.go NewFilterSubscription)
+        replies to the subscriber (subscription and channel ``<name>-kn-parallel-<i>``), which
+        replies to the branch's reply destination."""
+        out: dict[str, Hop] = {}
+        ingress = child_name(self.name, "-kn-parallel")
+        for i, b in enumerate(self.branches):
+            where, sub = f"branches[{i}]", child_name(self.name, f"-kn-parallel-{i}")
+            if b.filter_url is not None:
+                out[f"{where}.filter"] = Hop(
+                    f"{where}.filter", "filter", child_name(self.name, f"-kn-parallel-filter-{i}"),
+                    ingress, b.filter_url, then=f"{where}.subscriber",
+                )  # fmt: skip
+            out[f"{where}.subscriber"] = Hop(
+                f"{where}.subscriber", "branch", sub, sub, b.subscriber_url, b.delivery,
+                b.dead_letter_url, f"{where}.reply" if b.reply_url else None,
+            )  # fmt: skip
+            if b.reply_url is not None:
+                out[f"{where}.reply"] = Hop(
+                    f"{where}.reply", "reply", sub, sub, b.reply_url, b.delivery,
+                    b.dead_letter_url,
+                )  # fmt: skip
+        return out
+
+    @property
+    def first(self) -> tuple[Hop, ...]:
+        """Where an event at the address goes: each branch's filter, or, for a branch without
+        one, straight to its subscriber (the filter subscription then has no subscriber)."""
+        hops = self.hops
+        return tuple(
+            hops.get(f"branches[{i}].filter") or hops[f"branches[{i}].subscriber"]
+            for i in range(len(self.branches))
+        )
+
 
 Flow = Sequence | Parallel
 
 
 @dataclass(frozen=True)
 class Flows:
-    """The flows of the manifests, found by the host of their address."""
+    """The flows of the manifests, found by the host of their address or by name."""
 
     sequences: tuple[Sequence, ...] = ()
     parallels: tuple[Parallel, ...] = ()
@@ -176,277 +254,16 @@ class Flows:
         wanted = f"{service}.{namespace}.svc.cluster.local"
         return next((f for f in self.all() if f.host == wanted), None)
 
-
-# -- how a flow ended ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Hop:
-    """One destination a flow sent an event to, and how that ended."""
-
-    where: str  # steps[1], reply, branches[0].filter, branches[0].subscriber, branches[0].reply
-    url: str
-    status: int | None  # the last response's status; None: no response
-    attempts: int
-    error: str | None = None
-    dead_lettered: bool = False
-
-    @property
-    def delivered(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300 and self.error is None
-
-    @property
-    def ended_chain(self) -> bool:
-        """Failed or dead-lettered: nothing after this hop ran."""
-        return not self.delivered
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a flow handled one event: its hops in order (a Parallel: one Outcome per branch)."""
-
-    hops: tuple[Hop, ...] = ()
-    event: Event | None = None  # the last event produced (a step's or subscriber's reply)
-    branches: tuple[Outcome, ...] = ()
-    filtered: bool = False  # a Parallel branch whose filter answered without an event
-
-    @property
-    def failed(self) -> Hop | None:
-        """The first hop that failed and was not dead-lettered, if any."""
-        for hop in self.hops:
-            if not hop.delivered and not hop.dead_lettered:
-                return hop
-        return next((f for b in self.branches if (f := b.failed) is not None), None)
-
-    @property
-    def accepted(self) -> bool:
-        return self.failed is None
-
-    @property
-    def dead_lettered(self) -> bool:
-        return any(h.dead_lettered for h in self.hops) or any(
-            b.dead_lettered for b in self.branches
+    def get(self, kind: str, namespace: str, name: str) -> Flow | None:
+        """The Sequence or Parallel of that name."""
+        return next(
+            (
+                f
+                for f in self.all()
+                if (type(f).__name__, f.namespace, f.name) == (kind, namespace, name)
+            ),
+            None,
         )
-
-    @property
-    def http_status(self) -> int:
-        """What the flow's address answers: 202, or 500 when a hop failed."""
-        return 202 if self.accepted else 500
-
-
-# -- running a flow --------------------------------------------------------------------------
-
-
-async def run_sequence(
-    seq: Sequence, event: Event, send: Sender, *, sleep: Sleep = asyncio.sleep
-) -> Outcome:
-    """Send the event through every step, each reply to the next; the last reply to ``reply``."""
-    hops: list[Hop] = []
-    current = event
-    for i, step in enumerate(seq.steps):
-        hop, reply = await _deliver(
-            f"steps[{i}]", step.url, current, step.delivery, step.dead_letter_url, send, sleep,
-            namespace=seq.namespace, has_next=i + 1 < len(seq.steps) or seq.reply_url is not None,
-        )  # fmt: skip
-        hops.append(hop)
-        if hop.ended_chain or reply is None:
-            # Failed, dead-lettered, or acknowledged without an event: nothing to pass on.
-            return Outcome(tuple(hops), reply)
-        current = reply
-    if seq.reply_url is not None:
-        last = seq.steps[-1]
-        hop, _ = await _deliver(
-            "reply", seq.reply_url, current, last.delivery, last.dead_letter_url, send, sleep,
-            namespace=seq.namespace, prefer_reply=False,
-        )  # fmt: skip
-        hops.append(hop)
-    return Outcome(tuple(hops), current)
-
-
-async def run_parallel(
-    par: Parallel, event: Event, send: Sender, *, sleep: Sleep = asyncio.sleep
-) -> Outcome:
-    """Offer the event to every branch at once; see the module docstring for each branch."""
-    results = await asyncio.gather(
-        *(_run_branch(par.namespace, i, b, event, send, sleep) for i, b in enumerate(par.branches))
-    )
-    return Outcome(branches=tuple(results))
-
-
-async def run_flow(
-    flow: Flow, event: Event, send: Sender, *, sleep: Sleep = asyncio.sleep
-) -> Outcome:
-    """Run a Sequence or a Parallel on one event."""
-    if isinstance(flow, Sequence):
-        return await run_sequence(flow, event, send, sleep=sleep)
-    return await run_parallel(flow, event, send, sleep=sleep)
-
-
-async def _run_branch(
-    namespace: str, i: int, branch: Branch, event: Event, send: Sender, sleep: Sleep
-) -> Outcome:
-    hops: list[Hop] = []
-    current = event
-    if branch.filter_url is not None:
-        hop, passed = await _deliver(
-            f"branches[{i}].filter", branch.filter_url, event, NO_DELIVERY, None, send, sleep,
-            namespace=namespace,
-        )  # fmt: skip
-        hops.append(hop)
-        if hop.ended_chain:
-            return Outcome(tuple(hops))
-        if passed is None:
-            return Outcome(tuple(hops), filtered=True)
-        current = passed
-    hop, reply = await _deliver(
-        f"branches[{i}].subscriber", branch.subscriber_url, current, branch.delivery,
-        branch.dead_letter_url, send, sleep, namespace=namespace,
-        has_next=branch.reply_url is not None,
-    )  # fmt: skip
-    hops.append(hop)
-    if not hop.ended_chain and reply is not None and branch.reply_url is not None:
-        hop, _ = await _deliver(
-            f"branches[{i}].reply", branch.reply_url, reply, branch.delivery,
-            branch.dead_letter_url, send, sleep, namespace=namespace, prefer_reply=False,
-        )  # fmt: skip
-        hops.append(hop)
-    return Outcome(tuple(hops), reply)
-
-
-async def _deliver(
-    where: str,
-    url: str,
-    event: Event,
-    spec: DeliverySpec,
-    dead_letter_url: str | None,
-    send: Sender,
-    sleep: Sleep,
-    *,
-    namespace: str,
-    prefer_reply: bool = True,
-    has_next: bool = True,
-) -> tuple[Hop, Event | None]:
-    """One subscription hop: attempts with retries, then the dead-letter sink; and the reply."""
-    extra = {"Kn-Namespace": namespace}
-    if prefer_reply:
-        extra["Prefer"] = "reply"
-    status, headers, body, error, attempts = await _attempts(url, event, spec, send, sleep, extra)
-    if status is not None and 200 <= status < 300:
-        reply, problem = reply_event(headers, body)
-        if problem is None or not has_next:
-            return Hop(where, url, status, attempts), reply
-        # Upstream hands the malformed reply on and the next channel refuses it with 400.
-        error = f"answered with an invalid CloudEvent: {problem}"
-    if dead_letter_url is None:
-        return Hop(where, url, status, attempts, error), None
-    extensions = delivery.dead_letter_extensions(url, status, body, error=error)
-    dead = event.replace(**extensions)
-    dl_status, _, _, dl_error, _ = await _attempts(dead_letter_url, dead, spec, send, sleep, {})
-    if dl_status is not None and 200 <= dl_status < 300:
-        return Hop(where, url, status, attempts, error, dead_lettered=True), None
-    why = f"status {dl_status}" if dl_status is not None else dl_error
-    return Hop(
-        where, url, status, attempts,
-        f"{error or f'status {status}'}; the dead-letter sink {dead_letter_url} failed too: {why}",
-    ), None  # fmt: skip
-
-
-async def _attempts(
-    url: str,
-    event: Event,
-    spec: DeliverySpec,
-    send: Sender,
-    sleep: Sleep,
-    extra_headers: Mapping[str, str],
-) -> tuple[int | None, Mapping[str, str], bytes, str | None, int]:
-    """Send until a 2xx, a failure that is not retried, or the retries are spent."""
-    encode = cloudevent.to_structured if spec.format == "json" else cloudevent.to_binary
-    headers, body = encode(event)
-    headers.update(extra_headers)
-    timeout = spec.timeout or DEFAULT_ATTEMPT_TIMEOUT
-    attempts = 0
-    while True:
-        status, reply_headers, reply_body, error = await send(url, headers, body, timeout)
-        attempts += 1
-        if status is not None and 200 <= status < 300:
-            return status, reply_headers, reply_body, None, attempts
-        if not delivery.is_retryable(status) or attempts > spec.retry:
-            return status, reply_headers, reply_body, error, attempts
-        await sleep(delivery.backoff_seconds(spec, attempts))
-
-
-def reply_event(headers: Mapping[str, str], body: bytes) -> tuple[Event | None, str | None]:
-    """The event in a subscriber's 2xx answer, as a channel reads it: (event, None); (None,
-    None) when the answer is not a CloudEvent (dropped); (None, why) when it claims to be one
-    but is invalid."""
-    lowered = {k.lower(): v for k, v in headers.items()}
-    media = lowered.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media not in (cloudevent.STRUCTURED, cloudevent.BATCH) and "ce-specversion" not in lowered:
-        return None, None
-    try:
-        return cloudevent.from_http(headers, body), None
-    except InvalidEvent as exc:
-        return None, str(exc)
-
-
-# -- the flow's address ----------------------------------------------------------------------
-
-
-class FlowIngress:
-    """Serves every flow at its address, as its first channel would; mounted by the gateway."""
-
-    def __init__(
-        self,
-        flows: Callable[[], Flows],
-        send: Sender,
-        *,
-        report: Callable[[str], None] | None = None,
-        sleep: Sleep = asyncio.sleep,
-    ) -> None:
-        self._flows = flows
-        self._send = send
-        self._report = report
-        self._sleep = sleep
-
-    async def handle(self, request: web.Request) -> web.Response:
-        allow = {"Allow": "POST, OPTIONS"}
-        if request.method == "OPTIONS":
-            return web.Response(status=200, headers=allow)
-        if request.method != "POST":
-            return _error(405, f"{request.method} is not allowed: a flow accepts POST", allow)
-        target = parse_host(request.host)
-        flows = self._flows()
-        flow = flows.find(target.namespace, target.service) if target else None
-        if flow is None:
-            known = sorted(f.address for f in flows.all())
-            return _error(404, f"no Sequence or Parallel at {request.host}; flows: {known}")
-        if request.path != "/":
-            return _error(400, f"{flow.address} takes events at /, not {request.path}")
-        try:
-            event = cloudevent.from_http(request.headers, await request.read())
-        except InvalidEvent as exc:
-            return _error(400, str(exc))
-        outcome = await run_flow(flow, event, self._send, sleep=self._sleep)
-        failed = outcome.failed
-        if failed is None:
-            return web.Response(status=202)
-        message = (
-            f"{type(flow).__name__} {flow.namespace}/{flow.name}: {failed.where} ({failed.url}) "
-            f"failed after {failed.attempts} attempt(s): "
-            + (failed.error or f"status {failed.status}")
-        )
-        if self._report is not None:
-            self._report(message)
-        return _error(outcome.http_status, message)
-
-
-def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        text=json.dumps({"error": message}),
-        content_type="application/json",
-        headers=headers,
-    )
 
 
 # -- the manifests ---------------------------------------------------------------------------

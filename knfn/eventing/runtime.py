@@ -1,5 +1,8 @@
 """Eventing on one machine: the broker's store, its ingress and its dispatchers, as one unit.
 
+The ingress, flows and PingSources run in knfn's process; the dispatchers in processes of their
+own (knfn/eventing/worker.py), which get the manifests from here at start and on every apply.
+
 Stopping is in two calls, so that the caller orders them around the gateway: :meth:`drain`
 makes the broker ingress and the flows answer 503 (nothing more is accepted), then
 :meth:`stop` ends the dispatchers (attempts in flight may finish within a grace; the rest are
@@ -17,12 +20,13 @@ import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from knfn.eventing import broker, ping, replay
+from knfn.eventing import broker, channel, ping, replay
+from knfn.eventing.channel import FlowIngress
 from knfn.eventing.config import EventingConfig
-from knfn.eventing.dispatcher import DEFAULT_LIMITS, Dispatcher, Limits
-from knfn.eventing.flows import FlowIngress
 from knfn.eventing.sending import Gatewayed
 from knfn.eventing.store import EventStore, StoreUnavailable
+from knfn.eventing.worker import Dispatchers, DispatchOptions
+from knfn.manifests import Manifests
 from knfn.responses import Handler, json_error
 from knfn.routing import BROKER_INGRESS_TARGET, Target
 
@@ -36,17 +40,18 @@ class Eventing:
         self,
         database_url: str,
         config: EventingConfig,
+        manifests: Manifests,
         gateway: str,
         report: Callable[[str], None],
-        dispatchers: int = 1,
-        limits: Limits = DEFAULT_LIMITS,
+        dispatch: DispatchOptions,
         max_event_bytes: int = broker.DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.config = config
+        self._manifests = manifests
         self._url = database_url
         self._gateway = gateway
-        self._dispatchers = dispatchers
-        self._limits = limits
+        self.dispatchers = Dispatchers(database_url, gateway, dispatch, report)
+        self._max_event_bytes = max_event_bytes
         self.draining = False
         self._report = report
         self.flows: FlowIngress | None = None
@@ -62,13 +67,13 @@ class Eventing:
         self.ingress = broker.Ingress(self.store, lambda: self.config, max_event_bytes)
         self._session: aiohttp.ClientSession | None = None
         self._stop = asyncio.Event()
-        self._cut = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._running: list[Dispatcher] = []
 
-    def apply(self, config: EventingConfig) -> None:
-        """New brokers and triggers take effect for the next accept and attempt."""
+    def apply(self, config: EventingConfig, manifests: Manifests) -> None:
+        """New brokers and triggers (config, built from manifests) take effect for the next
+        accept and attempt."""
         self.config = config
+        self.dispatchers.apply(manifests)
 
     async def start(self) -> None:
         await self.store.open()
@@ -77,18 +82,19 @@ class Eventing:
             connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
         )
         send = Gatewayed(self._session, self._gateway)
-        self.flows = FlowIngress(lambda: self.config.flows, send, report=self._report)
+        self.flows = FlowIngress(
+            lambda: self.config.flows,
+            self.store.accept,
+            report=self._report,
+            max_event_bytes=self._max_event_bytes,
+        )
         self._tasks.append(
             asyncio.create_task(
                 ping.run(lambda: self.config.pings, send, self._stop, report=self._report)
             )
         )
-        for _ in range(self._dispatchers):
-            dispatcher = Dispatcher(
-                self._url, self.store, lambda: self.config, send, limits=self._limits
-            )
-            self._running.append(dispatcher)
-            self._tasks.append(asyncio.create_task(dispatcher.run(self._stop, self._cut)))
+        # After open(): it voids the leases of an earlier run, which the workers' are not.
+        self.dispatchers.start(self._manifests)
 
     def local(self, target: Target) -> Handler | None:
         """The handler for a host served in-process: the broker ingress and the flows (both
@@ -108,24 +114,19 @@ class Eventing:
         cut the rest short and release them; close the store. Returns how many were released."""
         self.drain()
         self._stop.set()
-        running = asyncio.gather(*self._tasks, return_exceptions=True)
-        waits: list[asyncio.Future[Any]] = [running]
-        if force is not None:
-            waits.append(asyncio.ensure_future(force.wait()))
-        await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
-        self._cut.set()
-        await running
-        for w in waits[1:]:
-            w.cancel()
-        await self._readers.close()
-        await self.store.close()
-        if self._session is not None:
-            await self._session.close()
-        return sum(d.released for d in self._running)
+        try:
+            released = await self.dispatchers.stop(grace, force)
+        finally:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._readers.close()
+            await self.store.close()
+            if self._session is not None:
+                await self._session.close()
+        return released
 
     def cut(self) -> None:
         """Cut the attempts in flight short now (they are released)."""
-        self._cut.set()
+        self.dispatchers.cut()
 
     async def status(self) -> dict[str, Any]:
         try:
@@ -133,7 +134,11 @@ class Eventing:
                 counts = await self.store.counts(conn)
         except psycopg.Error:
             counts = {}
-        return broker.status_of(self.config, counts)
+        dropped = self.flows.dropped if self.flows is not None else {}
+        return {
+            **broker.status_of(self.config, counts),
+            **channel.status_of(self.config.flows, counts, dropped),
+        }
 
     async def events(self, limit: int) -> list[dict[str, Any]]:
         async with self._readers.connection() as conn:

@@ -24,6 +24,13 @@ from psycopg.types.json import Jsonb
 from knfn.errors import KnfnError
 
 CHANNEL = "knfn_deliveries"
+# A pending delivery ``d`` that may be attempted now as far as order goes: unordered, or no
+# earlier delivery of its Trigger and key is still pending (in flight or waiting for a retry).
+UNBLOCKED = (
+    "(d.order_key IS NULL OR NOT EXISTS ("
+    "SELECT 1 FROM knfn_deliveries p WHERE p.state = 'pending' AND p.order_key = d.order_key"
+    " AND p.trigger = d.trigger AND p.namespace = d.namespace AND p.id < d.id))"
+)
 GROUP_LIMIT = 500
 
 SCHEMA = """
@@ -73,6 +80,15 @@ CREATE INDEX IF NOT EXISTS knfn_attempts_delivery ON knfn_attempts (delivery_id)
 -- Knative-*, the trace context: sending.pass_through). Added later: an event stored before
 -- has none, as if it had come without them.
 ALTER TABLE knfn_events ADD COLUMN IF NOT EXISTS headers jsonb NOT NULL DEFAULT '{}';
+-- An ordered Trigger's deliveries carry their event's partitionkey: one of a key is attempted
+-- only once every earlier one of that key and Trigger has ended (see claim). NULL: unordered.
+ALTER TABLE knfn_deliveries ADD COLUMN IF NOT EXISTS order_key text;
+CREATE INDEX IF NOT EXISTS knfn_deliveries_ordered
+    ON knfn_deliveries (namespace, trigger, order_key, id)
+    WHERE state = 'pending' AND order_key IS NOT NULL;
+-- A hop of a Sequence or Parallel ('Sequence/<name>/steps[1]', see subscription.py): its delivery
+-- spec and what becomes of its reply come from the flow. NULL: a Trigger's delivery.
+ALTER TABLE knfn_deliveries ADD COLUMN IF NOT EXISTS flow_hop text;
 """
 
 
@@ -99,6 +115,8 @@ class NewDelivery:
     kind: str = "subscriber"
     extensions: dict[str, str] = field(default_factory=dict)
     replay: int = 0  # which replay of the event made it (0: the ingress's fan-out)
+    order_key: str | None = None  # an ordered Trigger's partitionkey (None: unordered)
+    flow_hop: str | None = None  # a flow's hop (subscription.py); None: a Trigger's delivery
 
 
 @dataclass(frozen=True)
@@ -128,6 +146,8 @@ class Claimed:
     broker: str
     accepted_at: datetime
     headers: dict[str, str] = field(default_factory=dict)  # the event's pass-through headers
+    order_key: str | None = None  # an ordered Trigger's partitionkey (None: unordered)
+    flow_hop: str | None = None  # a flow's hop (subscription.py); None: a Trigger's delivery
 
 
 @dataclass(frozen=True)
@@ -204,9 +224,10 @@ async def _insert_deliveries(
         return
     await cur.execute(
         "INSERT INTO knfn_deliveries"
-        " (event_id, namespace, trigger, kind, destination, extensions, replay)"
+        " (event_id, namespace, trigger, kind, destination, extensions, replay, order_key,"
+        " flow_hop)"
         " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],"
-        " %s::jsonb[], %s::int[])",
+        " %s::jsonb[], %s::int[], %s::text[], %s::text[])",
         (
             [r[0] for r in rows],
             [r[1] for r in rows],
@@ -215,6 +236,8 @@ async def _insert_deliveries(
             [r[2].destination for r in rows],
             [Jsonb(r[2].extensions) for r in rows],
             [r[2].replay for r in rows],
+            [r[2].order_key for r in rows],
+            [r[2].flow_hop for r in rows],
         ),
     )
 
@@ -343,33 +366,46 @@ class EventStore:
         skip: Sequence[str] = (),
     ) -> list[Claimed]:
         """Up to limit due deliveries, leased until now + lease (then claimable again); none to
-        the destinations in skip (the dispatcher's busy ones)."""
-        async with conn.transaction(), conn.cursor() as cur:
-            await cur.execute(
-                "WITH due AS ("
-                "  SELECT id FROM knfn_deliveries"
-                "  WHERE state = 'pending' AND next_attempt_at <= clock_timestamp()"
-                "  AND NOT destination = ANY(%s)"
-                "  ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-                " UPDATE knfn_deliveries d"
-                " SET attempts = d.attempts + 1, leased = true,"
-                " next_attempt_at = clock_timestamp() + %s"
-                " FROM due, knfn_events e"
-                " WHERE d.id = due.id AND e.id = d.event_id"
-                " RETURNING d.id, d.event_id, d.namespace, d.trigger, d.kind, d.destination,"
-                "  d.extensions, d.attempts, e.attributes, e.data, e.broker, e.accepted_at,"
-                "  e.headers",
-                (list(skip), limit, lease),
-            )
-            rows = await cur.fetchall()
-        return [Claimed(*row) for row in rows]
+        the destinations in skip (the dispatcher's busy ones).
 
-    async def record(self, conn: psycopg.AsyncConnection[Any], outcomes: Sequence[Outcome]) -> None:
-        """Write the outcomes of a batch of attempts, with follow-ups and replies, at once."""
+        One statement (atomic in autocommit: no BEGIN/COMMIT round trips), safe across
+        processes: ``FOR UPDATE SKIP LOCKED`` gives each row to one claimer. A delivery with an
+        order key is due only when no earlier delivery of its Trigger and key is still pending
+        (in flight, or waiting for its retry): a row leaves ``pending`` once and never returns,
+        so two claimers can never hold two deliveries of one key.
+        """
+        cur = await conn.execute(
+            "WITH due AS ("
+            "  SELECT id FROM knfn_deliveries d"
+            "  WHERE state = 'pending' AND next_attempt_at <= clock_timestamp()"
+            f"  AND NOT destination = ANY(%s) AND {UNBLOCKED}"
+            "  ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " UPDATE knfn_deliveries d"
+            " SET attempts = d.attempts + 1, leased = true,"
+            " next_attempt_at = clock_timestamp() + %s"
+            " FROM due, knfn_events e"
+            " WHERE d.id = due.id AND e.id = d.event_id"
+            " RETURNING d.id, d.event_id, d.namespace, d.trigger, d.kind, d.destination,"
+            "  d.extensions, d.attempts, e.attributes, e.data, e.broker, e.accepted_at,"
+            "  e.headers, d.order_key, d.flow_hop",
+            (list(skip), limit, lease),
+        )
+        return [Claimed(*row) for row in await cur.fetchall()]
+
+    async def record(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        outcomes: Sequence[Outcome],
+        wake: bool = False,
+    ) -> None:
+        """Write the outcomes of a batch of attempts, with follow-ups and replies, at once;
+        ``wake``: notify the dispatchers even if nothing new is pending (an ordered delivery
+        ended, so the next of its key may go)."""
         if not outcomes:
             return
         now = datetime.now(UTC)
-        async with conn.transaction(), conn.cursor() as cur:
+        # Pipelined: the statements of the batch go out together, in one transaction.
+        async with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
             await cur.execute(
                 "UPDATE knfn_deliveries d SET state = o.state, last_status = o.status,"
                 " leased = false, last_error = o.error,"
@@ -428,7 +464,7 @@ class EventStore:
             replies = [r for o in outcomes for r in o.replies]
             if replies:
                 await _insert(cur, replies)
-            if followups or any(o.state == "pending" for o in outcomes) or replies:
+            if wake or followups or replies or any(o.state == "pending" for o in outcomes):
                 await cur.execute(f"NOTIFY {CHANNEL}")
 
     async def release(self, conn: psycopg.AsyncConnection[Any], ids: Sequence[int]) -> None:
@@ -460,11 +496,13 @@ class EventStore:
         self, conn: psycopg.AsyncConnection[Any], skip: Sequence[str] = ()
     ) -> float | None:
         """Seconds until the earliest pending delivery is due, leaving out the destinations in
-        skip (None: nothing pending)."""
+        skip and ordered deliveries behind an earlier one of their key (None: nothing
+        pending)."""
         row = await (
             await conn.execute(
                 "SELECT extract(epoch FROM min(next_attempt_at) - clock_timestamp())"
-                " FROM knfn_deliveries WHERE state = 'pending' AND NOT destination = ANY(%s)",
+                " FROM knfn_deliveries d WHERE state = 'pending' AND NOT destination = ANY(%s)"
+                f" AND {UNBLOCKED}",
                 (list(skip),),
             )
         ).fetchone()

@@ -29,6 +29,11 @@ from knfn.manifests import Manifest, ManifestError, Manifests
 
 # (namespace, name) of each Broker -> its spec.delivery (config-br-defaults when it has none).
 BrokerDeliveries = Mapping[tuple[str, str], DeliverySpec]
+# The Kafka broker's per-Trigger choice of consumer (knative/docs docs/versioned/eventing/
+# brokers/broker-types/kafka-broker/README.md: "ordered" blocks per partition until the
+# subscriber has answered, "unordered", the default, does not); partitionkey is the key.
+DELIVERY_ORDER = "kafka.eventing.knative.dev/delivery.order"
+PARTITION_KEY = "partitionkey"
 
 
 @dataclass(frozen=True)
@@ -39,8 +44,16 @@ class Trigger:
     matches: filters.Filter
     subscriber: str
     delivery: DeliverySpec
+    ordered: bool = False  # kafka.eventing.knative.dev/delivery.order: ordered
     # Resolved at load from delivery.dead_letter_sink (the Trigger's own, else its Broker's).
     dead_letter_url: str | None = None
+
+    def order_key(self, attributes: Mapping[str, str]) -> str | None:
+        """The key an ordered Trigger keeps events of in order: the ``partitionkey`` extension
+        (the Kafka broker's record key). An event without one is unordered: the Kafka broker
+        produces it with no key, so Kafka spreads such records over partitions with no order
+        among them (cloudevents/sdk-java kafka/.../PartitionKeyExtensionInterceptor.java)."""
+        return attributes.get(PARTITION_KEY) if self.ordered else None
 
 
 @dataclass(frozen=True)
@@ -139,4 +152,12 @@ def _trigger(m: Manifests, brokers: BrokerDeliveries, obj: Manifest) -> Trigger:
             raise _NotReady(
                 exc.at(obj), "DeadLetterSinkResolved", "Unable to get the dead letter sink's URI"
             ) from exc
-    return Trigger(ns, obj.name, broker_name, matches, url, effective, dead_letter_url)
+    order = str((obj.metadata.get("annotations") or {}).get(DELIVERY_ORDER, "unordered"))
+    if order not in ("ordered", "unordered"):
+        raise obj.error(
+            f"metadata.annotations.{DELIVERY_ORDER}",
+            f"{order!r} is not one of 'ordered', 'unordered'",
+        )
+    return Trigger(
+        ns, obj.name, broker_name, matches, url, effective, order == "ordered", dead_letter_url
+    )

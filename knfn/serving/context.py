@@ -23,6 +23,7 @@ from knfn.serving.kpa import Autoscaler
 from knfn.serving.replica import ReplicaSpec
 from knfn.serving.replica_env import SecretValues
 from knfn.serving.revision import Revision
+from knfn.serving.template_root import TemplateRoot
 
 
 class ReplicaHandle(Protocol):
@@ -78,6 +79,7 @@ class Context:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     pick_port: Callable[[], int] = free_port
     templates: bool = False  # fork replicas from a template per revision (template.py)
+    template_root: TemplateRoot | None = None  # forks those templates (template_root.py)
     # MemAvailable and the reserve kept from it (budget.py); None: no memory bound.
     memory: Callable[[budget.Reserve], budget.Memory | None] = budget.available_memory
     # Where blocking reads (a /proc walk per replica) run: a worker thread, or inline in tests.

@@ -33,11 +33,14 @@ import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from knfn.errors import KnfnError
 from knfn.logs import Printer
 from knfn.serving import template_wire as wire
+
+if TYPE_CHECKING:
+    from knfn.serving.template_root import TemplateRoot
 
 ANNOTATION = "knfn.dev/replica-start"
 MODES = ("fork", "spawn")
@@ -120,13 +123,20 @@ class Template:
     """A revision's template process: started, replaced when it dies, asked for forks."""
 
     def __init__(
-        self, name: str, script: str, cwd: Path, env: Mapping[str, str], printer: Printer
+        self,
+        name: str,
+        script: str,
+        cwd: Path,
+        env: Mapping[str, str],
+        printer: Printer,
+        root: TemplateRoot | None = None,
     ) -> None:
         self.name, self._script, self._cwd, self._printer = name, script, cwd, printer
         self.env = wire.template_env(env)
+        self._root = root  # forks this template when it can (template_root.py), else spawn
         self.state = "starting"  # starting, ready, down (restarting), failed, stopped
         self._settled = asyncio.Event()
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: ReplicaProcess | None = None
         self._control: socket.socket | None = None
         self._pending: dict[int, asyncio.Future[wire.Message]] = {}
         self._children: dict[int, ForkedProcess] = {}
@@ -165,23 +175,14 @@ class Template:
             backoff = min(RESTART_BACKOFF_MAX, backoff * 2)
 
     async def _launch(self) -> asyncio.Task[None]:
-        """Start the process and wait for its Ready; the task reading its messages."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setblocking(False)
-        try:
-            self._proc = proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-P", "-m", "knfn.serving.template_main",
-                str(theirs.fileno()), str(os.getpid()), self._script,
-                cwd=self._cwd, env=self.env, pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self._control = ours
+        """Start the process (forked by the root, else spawned) and wait for its Ready; the
+        task reading its messages."""
+        root = self._root
+        forked = (
+            None if root is None else await root.spawn(self.name, self._script, self._cwd, self.env)
+        )
+        proc, ours = forked if forked is not None else await self._spawn()
+        self._proc, self._control = proc, ours
         assert proc.stdout is not None
         self._tasks.append(asyncio.create_task(self._copy_output(proc.stdout)))
         loop = asyncio.get_running_loop()
@@ -196,6 +197,25 @@ class Template:
             reason = message.reason if isinstance(message, wire.Failed) else "exited"
             raise TemplateError(f"cannot fork replicas ({reason}, code {await proc.wait()})")
         return asyncio.create_task(self._read(ours))
+
+    async def _spawn(self) -> tuple[ReplicaProcess, socket.socket]:
+        """The template started as a process of its own; knfn's end of its control socket."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-P", "-m", "knfn.serving.template_main",
+                str(theirs.fileno()), str(os.getpid()), self._script,
+                cwd=self._cwd, env=self.env, pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return proc, ours
 
     async def _read(self, control: socket.socket) -> None:
         loop = asyncio.get_running_loop()

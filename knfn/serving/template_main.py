@@ -1,6 +1,7 @@
 """A revision's template process.
 
-Started as ``python -P -m knfn.serving.template_main CONTROL_FD PARENT_PID SCRIPT``.
+Started as ``python -P -m knfn.serving.template_main CONTROL_FD PARENT_PID SCRIPT``, or forked
+by the root template (``... template_main --root``: knfn/serving/template_root_main.py).
 
 It does what ``functions-framework`` (SCRIPT) does up to the moment it would serve: reads its
 options from the environment with the CLI's own click command, imports the function and builds
@@ -258,7 +259,16 @@ def read_start(fd: int) -> wire.Start | None:
 
 
 def main(argv: list[str]) -> None:
-    control_fd, parent, script = int(argv[1]), int(argv[2]), argv[3]
+    if argv[1:2] == ["--root"]:  # the root template (template_root_main.py)
+        from knfn.serving import template_root_main
+
+        template_root_main.main(argv[2:])
+        return
+    run(int(argv[1]), int(argv[2]), argv[3])
+
+
+def run(control_fd: int, parent: int, script: str) -> None:
+    """A revision's template, from its start (spawned, or forked by the root) to its exit."""
     die_with_parent(parent)
     # As when SCRIPT runs: its directory first on sys.path, its path as argv[0].
     sys.path.insert(0, str(Path(script).parent))

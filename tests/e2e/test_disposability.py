@@ -2,9 +2,11 @@
 
 A stopping gunicorn closes its listening socket first and exits once its requests are done, so
 for a while the replica refuses connections while knfn still counts it ready. A refused
-connection carried nothing to the function, so the gateway sends the request to another
-replica (or holds it for a new one) instead of answering 502, as Kubernetes takes a terminating
-pod out of the endpoints before it stops. The default project, as a user runs it.
+connection carried nothing to the function, so the gateway takes the replica out of rotation
+and sends the request to another replica (or holds it for a new one) instead of answering 502,
+as Kubernetes takes a terminating pod out of the endpoints before it stops. What was already
+sent to it (on a kept-alive connection the replica then closed) is not sent again: at most one
+such request per client. The default project, as a user runs it.
 """
 
 from __future__ import annotations
@@ -65,13 +67,11 @@ async def _kill_one_under_load(port: int, admin_port: int, sig: signal.Signals) 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
 def test_a_replica_killed_under_load_costs_no_request(tmp_path: Path, sig: signal.Signals) -> None:
-    """SIGTERM: the replica stops gracefully; every request is answered 200. SIGKILL: the
-    requests in flight on it get 502 (at most one per client), and none after."""
+    """Either signal: only the requests already sent to that replica may get 502 (at most one
+    per client; without the rerouting, every request sent to it until knfn saw it exit did,
+    hundreds), and the replica is out of rotation at once."""
     with knfn_dev(tmp_path) as run:
         statuses = asyncio.run(_kill_one_under_load(run.port, run.admin_port, sig))
     print(f"{sig.name}: {dict(statuses)}")
     assert statuses[200] > CLIENTS * 10, statuses
-    if sig is signal.SIGTERM:
-        assert set(statuses) == {200}, statuses
-    else:
-        assert set(statuses) <= {200, 502} and statuses[502] <= CLIENTS, statuses
+    assert set(statuses) <= {200, 502} and statuses[502] <= CLIENTS, statuses

@@ -293,14 +293,20 @@ def test_crashed_replica_gives_502_and_is_replaced(dev: Dev) -> None:
 
     async def crash_during_load() -> list[tuple[int, bytes]]:
         task = asyncio.create_task(load(dev, "limited.default", "/?sleep=800", 1, each=1))
-        await asyncio.sleep(0.3)
-        rev = next(iter((await asyncio.to_thread(dev.revisions, "limited")).values()))
+        # Kill once the request is in flight on the replica (a request the replica refused
+        # before it got there would go to the next replica instead).
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            rev = next(iter((await asyncio.to_thread(dev.revisions, "limited")).values()))
+            if any(replica["in_flight"] for replica in rev["replicas"]):
+                break
+        await asyncio.sleep(0.1)
         for replica in rev["replicas"]:
             os.kill(replica["pid"], signal.SIGKILL)
         return await task
 
     [(status, body)] = asyncio.run(crash_during_load())
-    assert status == 502 and b"limited-00001 failed" in body
+    assert status == 502 and b"limited-00001 failed" in body, body
     crashed = time.monotonic()
     dev.wait_for(
         "a replacement replica",

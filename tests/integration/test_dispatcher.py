@@ -1,4 +1,5 @@
-"""The dispatcher against a real Postgres: what a stop leaves in the broker's queue.
+"""The dispatcher against a real Postgres: what a stop leaves in the broker's queue, and claims
+of ordered deliveries by two claimers at once (as two dispatcher processes make them).
 
 An attempt cut short by a stop, and a failure seen once stopping began, are released: the
 delivery is pending again, due now, its attempt count as before the claim, never dead-lettered.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -19,7 +22,7 @@ from knfn.backing import services
 from knfn.eventing import config as eventing_config
 from knfn.eventing.dispatcher import Dispatcher
 from knfn.eventing.sending import SendResult
-from knfn.eventing.store import Accept, EventStore, NewDelivery
+from knfn.eventing.store import Accept, EventStore, NewDelivery, Outcome
 
 EVENTING = """\
 apiVersion: eventing.knative.dev/v1
@@ -61,8 +64,18 @@ class Subscribers:
 
 
 @pytest.fixture
-def knfn_database(backing: services.BackingEnv) -> str:
-    return backing.knfn_database_url
+def knfn_database(backing: services.BackingEnv) -> Iterator[str]:
+    """A database of the test's own: a dispatcher claims every due delivery it finds, so one
+    shared with other tests would hand it their leftovers (and count them as released)."""
+    name = f"dispatch_{uuid.uuid4().hex[:12]}"
+    admin_url = backing.knfn_database_url
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def rows(url: str, event_id: int) -> list[tuple[str, str, int, bool]]:
@@ -77,9 +90,22 @@ def rows(url: str, event_id: int) -> list[tuple[str, str, int, bool]]:
         ]
 
 
-def test_stop_releases_cut_and_failed_attempts(tmp_path: Path, knfn_database: str) -> None:
+class SlowReleases(EventStore):
+    """Writes releases only after a while: the last write is still under way when the
+    attempts have all ended (the stop's flush must wait for it, not cancel it)."""
+
+    async def release(self, conn: psycopg.AsyncConnection[Any], ids: Sequence[int]) -> None:
+        await asyncio.sleep(0.3)
+        await super().release(conn, ids)
+
+
+@pytest.mark.parametrize("store_class", [EventStore, SlowReleases])
+def test_stop_releases_cut_and_failed_attempts(
+    tmp_path: Path, knfn_database: str, store_class: type[EventStore]
+) -> None:
     """A hung attempt cut short and a 500 seen while stopping both end pending, attempts 0,
-    lease cleared, due now; nothing is dead-lettered although retry is 0."""
+    lease cleared, due now, both counted as released; nothing is dead-lettered although
+    retry is 0. With slow release writes too: a write under way is finished, not cut off."""
     base = tmp_path / "base"
     base.mkdir()
     (base / "kustomization.yaml").write_text("resources: [objects.yaml]\n")
@@ -87,7 +113,7 @@ def test_stop_releases_cut_and_failed_attempts(tmp_path: Path, knfn_database: st
     config = eventing_config.load(manifests.load(base))
 
     async def scenario() -> int:
-        store = EventStore(knfn_database)
+        store = store_class(knfn_database)
         await store.open()
         attributes = {"specversion": "1.0", "id": uuid.uuid4().hex, "source": "/t", "type": "x"}
         event_id = await store.accept(
@@ -129,3 +155,64 @@ def test_stop_releases_cut_and_failed_attempts(tmp_path: Path, knfn_database: st
             (event_id,),
         ).fetchone()
     assert due == (True,)
+
+
+def test_ordered_claims_give_one_delivery_per_key_at_a_time_across_claimers(
+    knfn_database: str,
+) -> None:
+    """Two claimers on their own connections, claiming at once: of an ordered Trigger's key
+    only the earliest pending delivery is ever claimable; the next once it has ended (a retry
+    pending holds it back, delivered lets it go); other keys and unordered deliveries are
+    claimed beside it."""
+    trigger = f"ordered-{uuid.uuid4().hex[:8]}"
+    lease = timedelta(seconds=60)
+
+    def accept(key: str | None, n: int) -> Accept:
+        attributes = {"specversion": "1.0", "id": f"{key}-{n}", "source": "/t", "type": "x"}
+        delivery = NewDelivery(trigger, f"http://{trigger}.invalid/", order_key=key)
+        return Accept("default", "default", attributes, b"{}", [delivery])
+
+    async def scenario() -> list[list[str]]:
+        store = EventStore(knfn_database)
+        await store.open()
+        for n in range(3):
+            for key in ("a", "b", None):
+                await store.accept(accept(key, n))
+        rounds: list[list[str]] = []
+        async with (
+            await psycopg.AsyncConnection.connect(knfn_database, autocommit=True) as one,
+            await psycopg.AsyncConnection.connect(knfn_database, autocommit=True) as two,
+        ):
+
+            async def claim_round() -> list[int]:
+                got = await asyncio.gather(
+                    store.claim(one, 100, lease), store.claim(two, 100, lease)
+                )
+                mine = [c for batch in got for c in batch if c.trigger == trigger]
+                rounds.append(sorted(c.attributes["id"] for c in mine))
+                return [c.id for c in mine]
+
+            async def end(ids: Sequence[int], state: str) -> None:
+                retry_at = datetime.now(UTC) if state == "pending" else None
+                await store.record(
+                    one, [Outcome(i, state, 200, None, retry_at=retry_at) for i in ids], wake=True
+                )
+
+            first = await claim_round()  # a-0, b-0 and every unordered one
+            await end(first, "pending")  # all retried: still pending, due now
+            second = await claim_round()  # the same again: a-1 and b-1 stay behind
+            await end(second, "delivered")
+            third = await claim_round()  # a-1, b-1
+            await end(third, "delivered")
+            await claim_round()  # a-2, b-2
+        await store.close()
+        return rounds
+
+    rounds = asyncio.run(scenario())
+    loose = ["None-0", "None-1", "None-2"]
+    assert rounds == [
+        sorted(["a-0", "b-0", *loose]),
+        sorted(["a-0", "b-0", *loose]),
+        ["a-1", "b-1"],
+        ["a-2", "b-2"],
+    ]

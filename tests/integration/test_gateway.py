@@ -46,6 +46,12 @@ async def backend_handler(request: web.Request) -> web.Response:
     )
 
 
+async def _hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A replica that dies with the request: it reads the head and closes the connection."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+
+
 @asynccontextmanager
 async def serving(app: web.Application, port: int) -> AsyncIterator[None]:
     runner = web.AppRunner(app)
@@ -63,10 +69,11 @@ def run(test: Callable[[str, dict[str, Rev]], Awaitable[None]]) -> None:
     async def main() -> None:
         backend_app = web.Application(client_max_size=0)
         backend_app.router.add_route("*", "/{tail:.*}", backend_handler)
-        backend_port, gateway_port = free_port(), free_port()
+        backend_port, gateway_port, crash_port = free_port(), free_port(), free_port()
         revs = {
             "echo": Rev("echo", 0.5, f"http://127.0.0.1:{backend_port}"),
-            "gone": Rev("gone", 5, f"http://127.0.0.1:{free_port()}"),
+            "gone": Rev("gone", 0.3, f"http://127.0.0.1:{free_port()}"),
+            "crash": Rev("crash", 5, f"http://127.0.0.1:{crash_port}"),
             "slowstart": Rev(
                 "slowstart", 5, f"http://127.0.0.1:{backend_port}", response_start=0.2
             ),
@@ -77,7 +84,8 @@ def run(test: Callable[[str, dict[str, Rev]], Awaitable[None]]) -> None:
             return revs.get(target.service) if target.namespace == "default" else None
 
         gateway = Gateway(route, lambda: sorted(f"{n}.default" for n in revs))
-        async with serving(backend_app, backend_port), serving(gateway.app, gateway_port):
+        crash = await asyncio.start_server(_hang_up, "127.0.0.1", crash_port)
+        async with crash, serving(backend_app, backend_port), serving(gateway.app, gateway_port):
             await test(f"http://127.0.0.1:{gateway_port}", revs)
 
     asyncio.run(main())
@@ -115,7 +123,9 @@ def test_absolute_form_request_is_routed_by_its_url() -> None:
 
 
 def test_errors_are_json_with_knative_statuses() -> None:
-    """Unknown host 404 listing Services; slow answer 504; dead backend 502; held at zero 504."""
+    """Unknown host 404 listing Services; slow answer 504; a replica that dies with the request
+    502; one that refuses the connection is taken out of rotation and the request held for
+    another (here none comes: 504); held at zero 504."""
 
     async def body(gw: str, revs: dict[str, Rev]) -> None:
         async with aiohttp.ClientSession() as client:
@@ -130,8 +140,10 @@ def test_errors_are_json_with_knative_statuses() -> None:
             assert status == 504 and "0.5s" in str(err["error"])
             status, err = await get("slowstart.default", "/?sleep=1")
             assert status == 504
+            status, err = await get("crash.default")
+            assert status == 502 and "crash failed" in str(err["error"])
             status, err = await get("gone.default")
-            assert status == 502 and "gone failed" in str(err["error"])
+            assert status == 504 and revs["gone"].throttler.endpoints == ()
             status, err = await get("cold.default")
             assert status == 504 and revs["cold"].throttler.waiting == 0
 

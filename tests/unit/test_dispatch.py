@@ -14,6 +14,9 @@ import pytest
 
 from knfn import manifests
 from knfn.eventing import config as eventing_config
+from knfn.eventing import worker
+from knfn.eventing.broker import fan_out
+from knfn.eventing.cloudevent import Event
 from knfn.eventing.dispatcher import Dispatcher, InFlight, Limits
 from knfn.eventing.sending import SendResult
 from knfn.eventing.store import Claimed, EventStore, Outcome
@@ -40,12 +43,16 @@ spec:
 """
 
 
-def load(tmp_path: Path, body: str) -> eventing_config.EventingConfig:
+def write_base(tmp_path: Path, body: str) -> Path:
     base = tmp_path / "base"
     base.mkdir()
     (base / "kustomization.yaml").write_text("resources: [objects.yaml]\n")
     (base / "objects.yaml").write_text(textwrap.dedent(body))
-    return eventing_config.load(manifests.load(base))
+    return base
+
+
+def load(tmp_path: Path, body: str) -> eventing_config.EventingConfig:
+    return eventing_config.load(manifests.load(write_base(tmp_path, body)))
 
 
 class Subscriber:
@@ -225,3 +232,81 @@ def test_draining_waits_for_attempts_then_cut_returns_the_rest_unreported() -> N
         assert inflight.held == {} and inflight.room() == 10
 
     asyncio.run(scenario())
+
+
+# -- dispatcher processes and ordered Triggers -------------------------------------------------
+def test_processes_default_to_one_per_two_cores_from_one_to_four() -> None:
+    """default_processes: half the cores, never 0, at most 4; unknown core count gives 1."""
+    assert [worker.default_processes(n) for n in (None, 1, 2, 3, 4, 8, 64)] == [1, 1, 1, 1, 2, 4, 4]
+
+
+def test_the_in_flight_bounds_are_split_between_processes_rounding_up() -> None:
+    """share: each of N processes gets total/N and per_destination/N (rounded up), so all of
+    them together hold what one dispatcher would; the claim batch is kept."""
+    assert worker.share(Limits(256, 32, 64), 1) == Limits(256, 32, 64)
+    assert worker.share(Limits(256, 32, 64), 3) == Limits(86, 11, 64)
+    assert worker.share(Limits(4, 1, 8), 8) == Limits(1, 1, 8)
+
+
+def test_frames_round_trip_and_end_of_file_reads_as_none(tmp_path: Path) -> None:
+    """A worker reads the parent's frames back whole, manifests included; EOF is None."""
+    m = manifests.load(write_base(tmp_path, EVENTING))
+
+    async def read_all() -> list[tuple[str, object] | None]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(worker.frame(("config", m)) + worker.frame(("stop", None)))
+        reader.feed_eof()
+        return [await worker.read_frame(reader) for _ in range(3)]
+
+    first, second, third = asyncio.run(read_all())
+    assert first is not None and first[0] == "config"
+    assert eventing_config.load(first[1]).trigger("default", "t") is not None  # type: ignore[arg-type]
+    assert second == ("stop", None) and third is None
+
+
+ORDERED = """\
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default, namespace: default}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: ordered
+  namespace: default
+  annotations: {kafka.eventing.knative.dev/delivery.order: ordered}
+spec: {broker: default, subscriber: {uri: 'http://one.example/'}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: plain
+  namespace: default
+  annotations: {kafka.eventing.knative.dev/delivery.order: unordered}
+spec: {broker: default, subscriber: {uri: 'http://two.example/'}}
+"""
+
+
+def test_an_ordered_trigger_keys_its_deliveries_by_partitionkey(tmp_path: Path) -> None:
+    """fan_out gives an ordered Trigger's delivery the event's partitionkey as its order key;
+    an unordered Trigger's, and an event without partitionkey, get none."""
+    config = load(tmp_path, ORDERED)
+    keyed = Event({"specversion": "1.0", "id": "1", "source": "/s", "type": "t",
+                   "partitionkey": "customer-7"}, None)  # fmt: skip
+    loose = Event({"specversion": "1.0", "id": "2", "source": "/s", "type": "t"}, None)
+    assert {d.trigger: d.order_key for d in fan_out(config, "default", "default", keyed)} == {
+        "ordered": "customer-7",
+        "plain": None,
+    }
+    assert [d.order_key for d in fan_out(config, "default", "default", loose)] == [None, None]
+
+
+def test_a_delivery_order_other_than_ordered_or_unordered_names_the_annotation(
+    tmp_path: Path,
+) -> None:
+    """The annotation takes 'ordered' or 'unordered' (the Kafka broker's two consumers)."""
+    with pytest.raises(ManifestError) as info:
+        load(tmp_path, ORDERED.replace("delivery.order: ordered", "delivery.order: sorted"))
+    message = str(info.value)
+    assert "Trigger ordered" in message and "'sorted'" in message
+    assert "metadata.annotations.kafka.eventing.knative.dev/delivery.order" in message
