@@ -30,7 +30,6 @@ from knfn.serving.template import validate_annotations as validate_replica_start
 from knfn.serving.traffic import TrafficTarget
 
 KNOWN_KINDS: frozenset[tuple[str, str]] = frozenset(schema.KINDS)
-MODELLED = frozenset({"Service", "ConfigMap", "Secret"})  # read into Manifests' own fields
 # The runtime contract reserves these; Knative rejects a Service that sets them.
 RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
 # config-defaults' revision-timeout-seconds and max-revision-timeout-seconds, as shipped
@@ -142,12 +141,6 @@ class Manifests:
     def find(self, kind: str, namespace: str, name: str) -> Manifest | None:
         """The object of that kind, namespace and name, if the manifests declare it."""
         return self._index.get((kind, namespace, name))
-
-    @property
-    def others(self) -> tuple[tuple[Path, Mapping[str, Any]], ...]:
-        """(file, document) of the objects not modelled above, for loaders not yet given
-        :class:`Manifest`."""
-        return tuple((o.file, o.document) for o in self.objects if o.kind not in MODELLED)
 
     @cached_property
     def _index(self) -> dict[tuple[str, str, str], Manifest]:
