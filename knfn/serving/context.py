@@ -21,6 +21,7 @@ from knfn.serving import budget
 from knfn.serving.budget import Caps
 from knfn.serving.kpa import Autoscaler
 from knfn.serving.replica import ReplicaSpec
+from knfn.serving.replica_records import ReplicaRecords
 from knfn.serving.replica_env import SecretValues
 from knfn.serving.revision import Revision
 
@@ -78,6 +79,7 @@ class Context:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     pick_port: Callable[[], int] = free_port
     templates: bool = False  # fork replicas from a template per revision (template.py)
+    records: ReplicaRecords | None = None  # where templates record their spares (as replicas)
     # MemAvailable and the reserve kept from it (budget.py); None: no memory bound.
     memory: Callable[[budget.Reserve], budget.Memory | None] = budget.available_memory
     # Where blocking reads (a /proc walk per replica) run: a worker thread, or inline in tests.

@@ -204,8 +204,9 @@ class RevisionRuntime:
             return None
         name = f"{self.service.name}/{self.revision.name}/template"
         template = Template(
-            name, self.ctx.argv[0], self.revision.code, self._env(0), self.ctx.printer
-        )
+            name, self.ctx.argv[0], self.revision.code, self._env(0), self.ctx.printer,
+            pick_port=self.ctx.pick_port, records=self.ctx.records,
+        )  # fmt: skip
         template.start()
         return template
 

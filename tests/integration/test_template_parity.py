@@ -121,8 +121,8 @@ async def with_pair(
 
 async def both(forked: Replica, spawned: Replica, *request: Any) -> tuple[Response, Response]:
     return (
-        await asyncio.to_thread(fetch, forked.spec.port, *request),
-        await asyncio.to_thread(fetch, spawned.spec.port, *request),
+        await asyncio.to_thread(fetch, forked.port, *request),
+        await asyncio.to_thread(fetch, spawned.port, *request),
     )
 
 
@@ -142,7 +142,7 @@ def test_forked_hello_answers_as_a_spawned_one(tmp_path: Path) -> None:
         for request in requests:
             from_fork, from_spawn = await both(forked, spawned, *request)
             assert from_fork == from_spawn, request
-        statuses = [(await asyncio.to_thread(fetch, forked.spec.port, *r))[0] for r in requests]
+        statuses = [(await asyncio.to_thread(fetch, forked.port, *r))[0] for r in requests]
         assert statuses == [200, 200, 400, 200, 405, 200, 400]
 
     asyncio.run(with_pair(REPO / "functions" / "hello", hello_env(tmp_path), check, out))
@@ -160,7 +160,7 @@ def test_forked_replica_sees_the_env_and_process_of_a_spawned_one() -> None:
             from_fork, from_spawn = await both(forked, spawned, *request)
             seen = [json.loads(r[2]) for r in (from_fork, from_spawn)]
             for answer, rep in zip(seen, (forked, spawned), strict=True):
-                assert answer["env"].pop("PORT") == str(rep.spec.port)
+                assert answer["env"].pop("PORT") == str(rep.port)
                 assert answer.pop("pid") != rep.pid  # gunicorn's worker answers
                 # functions-framework's random id per request (random differs per process).
                 assert len(answer["headers"].pop("Function-Execution-Id")) == 12
@@ -253,7 +253,7 @@ def test_a_function_that_cannot_be_forked_gets_spawned_replicas(
             assert not isinstance(rep._proc, ForkedProcess)
             if "ECHO_FAIL_AT_IMPORT" not in extra:
                 await rep.wait_ready(READY)
-                assert (await asyncio.to_thread(fetch, rep.spec.port, "GET", "/"))[0] == 200
+                assert (await asyncio.to_thread(fetch, rep.port, "GET", "/"))[0] == 200
         finally:
             await rep.stop(5)
             await template.stop()
@@ -277,7 +277,7 @@ def test_a_forked_replica_is_ready_on_its_ready_byte_and_answers_at_once() -> No
         try:
             await forked.start()
             assert await forked.wait_ready(READY) == 0.0
-            status, _, _ = await asyncio.to_thread(fetch, forked.spec.port, "GET", "/")
+            status, _, _ = await asyncio.to_thread(fetch, forked.port, "GET", "/")
             assert status == 200
         finally:
             await forked.stop(5)

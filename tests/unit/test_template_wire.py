@@ -9,12 +9,11 @@ from knfn.serving.template import start_mode, validate_annotations
 
 MESSAGES: list[wire.Message] = [
     wire.Fork(7),
-    wire.Start(wire.EnvDelta({"PORT": "8123", "É": "ü ✓"}, ("GONE",))),
-    wire.Start(wire.EnvDelta()),
+    wire.Fork(8, wire.EnvDelta({"PORT": "8123", "É": "ü ✓"}, ("GONE",))),
     wire.Ready(4242),
     wire.Failed("fork unsafe: the function started threads at import: ['x']"),
     wire.Forked(7, 4343),
-    wire.ForkFailed(-1, "expected a Fork with 3 fds"),
+    wire.ForkFailed(-1, "expected a Fork with 2 fds"),
     wire.Exited(4343, -9),
     wire.Exited(4344, 0),
 ]
@@ -36,10 +35,10 @@ def test_every_message_survives_encode_and_decode(message: wire.Message) -> None
         (b'{"type": "Forked", "id": "1", "pid": 2}', "id='1' is not int"),
         (b'{"type": "Exited", "pid": 2, "returncode": true}', "returncode=True is not int"),
         (b'{"type": "Failed", "reason": 3}', "reason=3 is not str"),
-        (b'{"type": "Start", "delta": []}', "delta must be an object"),
-        (b'{"type": "Start", "delta": {"set": {"A": 1}}}', "delta.set must map"),
-        (b'{"type": "Start", "delta": {"unset": "A"}}', "delta.unset must be a list"),
-        (b'{"type": "Start"}', "Start message without delta"),
+        (b'{"type": "Fork", "id": 1, "delta": []}', "delta must be an object"),
+        (b'{"type": "Fork", "id": 1, "delta": {"set": {"A": 1}}}', "delta.set must map"),
+        (b'{"type": "Fork", "id": 1, "delta": {"unset": "A"}}', "delta.unset must be a list"),
+        (b'{"type": "Fork", "id": 1}', "Fork message without delta"),
     ],
 )
 def test_a_malformed_message_is_a_wire_error_naming_the_problem(data: bytes, names: str) -> None:
@@ -53,7 +52,7 @@ def test_an_oversized_message_is_refused() -> None:
     """A message over the datagram budget is an error at the sender, not a truncated read."""
     delta = wire.EnvDelta({"BIG": "x" * wire.MAX_MESSAGE})
     with pytest.raises(wire.WireError, match="bytes >"):
-        wire.encode(wire.Start(delta))
+        wire.encode(wire.Fork(1, delta))
 
 
 def test_the_delta_turns_the_template_env_into_the_replica_env() -> None:
