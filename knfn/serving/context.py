@@ -21,8 +21,8 @@ from knfn.serving import budget
 from knfn.serving.budget import Caps
 from knfn.serving.kpa import Autoscaler
 from knfn.serving.replica import ReplicaSpec
-from knfn.serving.replica_records import ReplicaRecords
 from knfn.serving.replica_env import SecretValues
+from knfn.serving.replica_records import ReplicaRecords
 from knfn.serving.revision import Revision
 
 

@@ -140,9 +140,10 @@ class RevisionRuntime:
 
     def demand(self, cost: int) -> budget.Demand:
         """What the revision asks of the replica budget; cost: the memory a replica takes."""
+        spares = int(self.template is not None and self.template.spare_starting)
         return budget.Demand(
             self.key, self.desired if self.routable else 0, self.active, self.ready,
-            self.throttler.meter.value, self.activating, cost,
+            self.throttler.meter.value, self.activating, cost, spares,
         )  # fmt: skip
 
     def reconcile(self) -> None:

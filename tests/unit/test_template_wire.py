@@ -6,6 +6,8 @@ import pytest
 
 from knfn.serving import template_wire as wire
 from knfn.serving.template import start_mode, validate_annotations
+from knfn.serving.template_main import warm_up_path
+from tests.support import REPO
 
 MESSAGES: list[wire.Message] = [
     wire.Fork(7),
@@ -84,3 +86,19 @@ def test_the_replica_start_annotation() -> None:
     assert validate_annotations({key: "exec"}) == [
         "knfn.dev/replica-start='exec': must be one of fork, spawn"
     ]
+
+
+def test_the_warm_up_path_is_one_the_function_never_sees() -> None:
+    """An HTTP function's /robots.txt is functions-framework's own 404; once the function adds
+    a request hook (which would run for it), a spare's worker is not warmed up."""
+    from functions_framework import create_app
+
+    source = REPO / "tests" / "integration" / "echo_function" / "main.py"
+    app = create_app("echo", str(source), "http")
+    assert warm_up_path(app) == "/robots.txt"
+    hooked = create_app("echo", str(source), "http")
+    hooked.before_request(lambda: None)
+    assert warm_up_path(hooked) is None
+    assert app.test_client().get("/robots.txt").status_code == 404
+    events = create_app("echo", str(source), "cloudevent")
+    assert warm_up_path(events) is None
