@@ -300,8 +300,9 @@ async def ready_spare(template: Template, *, after: int = 0) -> ForkedProcess:
 
 def test_a_spare_is_a_started_server_that_becomes_a_replica_when_taken(tmp_path: Path) -> None:
     """Ahead of need the spare listens on its own port with its worker up (warmed up without
-    calling the function), recorded but no replica; taken, it is the replica at once (its port, its PORT); a new one follows, one that
-    dies unused is replaced, and stopping the template takes the spare and its record with it."""
+    calling the function), recorded but no replica; taken, it is the replica at once (its port,
+    its PORT); a new one follows, one that dies unused is replaced, and stopping the template
+    takes the spare and its record with it."""
 
     async def scenario() -> None:
         records = ReplicaRecords(tmp_path / "replicas")
