@@ -9,7 +9,8 @@ two. Each of --runs rounds in each run:
    time one request through the gateway from sending it to the first byte of the answer (the
    activator holds it while a replica starts: knfn's whole cold path); in the first rounds,
    right after the answer, sum the PSS (/proc/PID/smaps_rollup) of the replica's process group
-   (gunicorn's arbiter and worker), and in the fork run that of the template;
+   (gunicorn's arbiter and worker), and in the fork run that of the template and of its spare
+   (the started server a cold start takes, knfn/serving/template.py);
 2. wait for zero again, then time a bare spawn of the same function: `functions-framework` with
    the environment a hello replica gets, polled until its first 200 (the floor any
    spawn-per-replica design stays above).
@@ -201,15 +202,34 @@ def group_pss(leader: int) -> int:
     return sum(pss_kib(pid) for pid in pids if stat_fields(pid)[2:3] == [str(leader)])
 
 
-def replica_memory(dev: KnfnDev) -> tuple[int, int] | None:
-    """PSS of the replica that just answered, and of its template (0 for a spawned one)."""
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError, ValueError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def replica_memory(dev: KnfnDev) -> tuple[int, int, int] | None:
+    """PSS of the replica that just answered, of its template and of the template's spare
+    (its other child, once started: 0 for a spawned replica)."""
     replicas = dev.revision(SERVICE)["replicas"]
     if not replicas or replicas[0]["pid"] is None:
         return None
     pid = int(replicas[0]["pid"])
     ppid = int((stat_fields(pid) or ["", "0"])[1])
     template = ppid if ppid and ppid != dev.pid else 0
-    return group_pss(pid), pss_kib(template) if template else 0
+    if not template:
+        return group_pss(pid), 0, 0
+    spare = 0
+    for _ in range(100):  # the next spare is forked behind the one taken: until it is started
+        spares = [c for c in children(template) if c != pid]
+        if spares and len(children(spares[0])) >= 1:
+            time.sleep(0.2)  # its worker's warm-up request
+            spare = group_pss(spares[0])
+            break
+        time.sleep(0.02)
+    return group_pss(pid), pss_kib(template), spare
 
 
 async def hold(port: int, clients: int) -> list[int]:
@@ -330,7 +350,7 @@ class Measured:
     def __init__(self) -> None:
         self.cold: list[float] = []
         self.bare: list[float] = []
-        self.memory: list[tuple[int, int]] = []
+        self.memory: list[tuple[int, int, int]] = []
         self.own: float | None = None
         self.scale_out: tuple[float, float, Counter[int]] | None = None
 
@@ -392,9 +412,10 @@ def run(runs: int) -> int:
     print(f"Memory right after a cold start, median of the first {PSS_ROUNDS} rounds")
     mib = 1024.0
     memory_rows = [
-        ["forked replica (arbiter + worker)", f"{median([m for m, _ in fork.memory]) / mib:.1f}"],
-        ["spawned replica (arbiter + worker)", f"{median([m for m, _ in spawn.memory]) / mib:.1f}"],
-        ["template of the forked replicas", f"{median([t for _, t in fork.memory]) / mib:.1f}"],
+        ["forked replica (arbiter + worker)", f"{median([m[0] for m in fork.memory]) / mib:.1f}"],
+        ["spawned replica (arbiter + worker)", f"{median([m[0] for m in spawn.memory]) / mib:.1f}"],
+        ["template of the forked replicas", f"{median([m[1] for m in fork.memory]) / mib:.1f}"],
+        ["template's spare (arbiter + worker)", f"{median([m[2] for m in fork.memory]) / mib:.1f}"],
     ]
     print(table(("process group", "PSS MiB"), memory_rows))
     for mode, got in results.items():

@@ -196,6 +196,7 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
             caps=options.caps,
             functions_dir=settings.functions_dir,
             new_replica=lambda spec: Replica(spec, say, records),
+            records=records,
             templates=options.replica_start == "fork" and template.supported(),
             template_root=root,
         )

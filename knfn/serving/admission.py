@@ -78,7 +78,14 @@ class Admission:
                      if s.endpoint is not None and not s.stopping and s.replica.pid]
             for rt in runtimes
         }  # fmt: skip
-        await self.ctx.offload(lambda: self.costs.measure(pids))
+        # And each template's spare: a started server, not a replica yet (template.py).
+        spares = {rt.key: rt.template.spare_pid for rt in runtimes if rt.template is not None}
+
+        def read() -> None:
+            self.costs.measure(pids)
+            self.costs.measure_spares(spares)
+
+        await self.ctx.offload(read)
         self.costs.forget(pids)
 
     def status(self, runtimes: Sequence[RevisionRuntime]) -> dict[str, Any]:
@@ -99,5 +106,10 @@ class Admission:
             "replica_pss_mib": {
                 key.split("/", 1)[1]: round(size / budget.MiB, 1)
                 for key, size in self.costs.measured().items()
+            },
+            # A template's spare: a started server, not a replica yet (template.py).
+            "spare_pss_mib": {
+                key.split("/", 1)[1]: round(size / budget.MiB, 1)
+                for key, size in self.costs.spares().items()
             },
         }

@@ -8,6 +8,10 @@ So replicas are admitted while memory allows: the cost of a replica is its measu
 ``MemAvailable`` (``/proc/meminfo``) is kept for everything else. Counts are still there as
 explicit options (``--max-replicas``, ``--max-replicas-per-revision``), off by default.
 
+A template's spare (template.py: a started server that is not a replica yet) is measured the
+same way and shown apart; once running its pages are in ``MemAvailable`` like any process's,
+and while one is being started it is charged as a starting replica is.
+
 The rules (:func:`plan`, a pure function):
 
 1. What runs stays: the budget admits new replicas, it never sheds running ones because memory
@@ -110,6 +114,7 @@ class Demand:
     in_flight: int = 0  # requests it holds, served or waiting
     activating: bool = False  # a request waits for its first replica, or it replaces a revision
     cost: int = REPLICA_ESTIMATE  # bytes one more replica of it takes
+    spares_starting: int = 0  # its template's spare being started (template.py), 0 or 1
 
 
 @dataclass(frozen=True)
@@ -154,14 +159,15 @@ def plan(
     """How many replicas each revision may have now (module docstring: the three rules).
 
     ``memory`` None means the memory bound is off (no /proc). Replicas starting (active, not
-    ready) are charged their cost against ``memory.available``: their pages are not in it yet.
+    ready) and spares starting are charged their cost against ``memory.available``: their pages
+    are not in it yet.
     """
     by_name = {d.name: d for d in demands}
     want = {d.name: min(d.wanted, per_revision or d.wanted) for d in demands}
     allowed = {d.name: min(d.active, want[d.name]) for d in demands}
     free = float("inf")
     if memory is not None:
-        starting = sum(max(0, d.active - d.ready) * d.cost for d in demands)
+        starting = sum((max(0, d.active - d.ready) + d.spares_starting) * d.cost for d in demands)
         free = memory.available - memory.reserve - starting
     slots = float("inf") if total is None else total - sum(allowed.values())
     yields: dict[str, int] = {}
@@ -314,11 +320,13 @@ def replica_pss(pid: int, proc: Path = PROC) -> int:
 
 
 class Costs:
-    """The measured cost of one replica per revision: the mean PSS of its ready replicas."""
+    """The measured cost of one replica per revision: the mean PSS of its ready replicas; and
+    that of its template's spare, shown apart."""
 
     def __init__(self, estimate: int = REPLICA_ESTIMATE) -> None:
         self.estimate = estimate
         self._by_revision: dict[str, int] = {}
+        self._spares: dict[str, int] = {}
 
     def measure(self, replicas: Mapping[str, Iterable[int]], proc: Path = PROC) -> None:
         """Revision name -> pids of its ready replicas; revisions without any keep their last."""
@@ -327,12 +335,24 @@ class Costs:
             if sizes:
                 self._by_revision[name] = sum(sizes) // len(sizes)
 
+    def measure_spares(self, spares: Mapping[str, int | None], proc: Path = PROC) -> None:
+        """Revision name -> pid of its template's spare (None: none now, its last is kept)."""
+        for name, pid in spares.items():
+            size = replica_pss(pid, proc) if pid else 0
+            if size > 0:
+                self._spares[name] = size
+
     def forget(self, keep: Iterable[str]) -> None:
         wanted = set(keep)
         self._by_revision = {k: v for k, v in self._by_revision.items() if k in wanted}
+        self._spares = {k: v for k, v in self._spares.items() if k in wanted}
 
     def of(self, name: str) -> int:
         return self._by_revision.get(name, self.estimate)
 
     def measured(self) -> dict[str, int]:
         return dict(self._by_revision)
+
+    def spares(self) -> dict[str, int]:
+        """The PSS of each revision's spare, as last measured."""
+        return dict(self._spares)

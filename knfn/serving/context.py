@@ -22,6 +22,7 @@ from knfn.serving.budget import Caps
 from knfn.serving.kpa import Autoscaler
 from knfn.serving.replica import ReplicaSpec
 from knfn.serving.replica_env import SecretValues
+from knfn.serving.replica_records import ReplicaRecords
 from knfn.serving.revision import Revision
 from knfn.serving.template_root import TemplateRoot
 
@@ -80,6 +81,7 @@ class Context:
     pick_port: Callable[[], int] = free_port
     templates: bool = False  # fork replicas from a template per revision (template.py)
     template_root: TemplateRoot | None = None  # forks those templates (template_root.py)
+    records: ReplicaRecords | None = None  # where templates record their spares (as replicas)
     # MemAvailable and the reserve kept from it (budget.py); None: no memory bound.
     memory: Callable[[budget.Reserve], budget.Memory | None] = budget.available_memory
     # Where blocking reads (a /proc walk per replica) run: a worker thread, or inline in tests.

@@ -65,6 +65,8 @@ class Replica:
         self._unreadable = asyncio.Event()
         self.output_error: BaseException | None = None
         self.ready = False
+        # Where it serves: the spec's port, or that of the template's spare it took.
+        self.port = spec.port
 
     @property
     def name(self) -> str:
@@ -72,12 +74,14 @@ class Replica:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.spec.port}"
+        return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
         """Start the process; call it on the event loop's thread, which lives as long as knfn
         (the parent-death signal fires when the thread that forked exits)."""
         forked = await self.spec.template.fork(self.spec.env) if self.spec.template else None
+        if forked is not None:
+            self.port = forked.port
         self._proc = forked or await asyncio.create_subprocess_exec(
             *pdeathsig.default_wrapper(os.getpid()),
             *self.spec.argv,
@@ -89,7 +93,7 @@ class Replica:
             start_new_session=True,
         )
         self._pump = asyncio.create_task(self._copy_output())
-        if self._records is not None:
+        if self._records is not None and not (forked is not None and forked.recorded):
             self._records.add(self.spec.name, self._proc.pid)
 
     async def _copy_output(self) -> None:
@@ -130,8 +134,9 @@ class Replica:
 
     async def wait_ready(self, timeout: float) -> float:
         """Probe every 50 ms until ready; returns the seconds it took. A forked replica whose
-        worker reported itself ready (template.py) is listening already: unless the manifest
-        asks for an httpGet readiness probe, it is ready now, without a TCP probe."""
+        worker reported itself ready (template.py: a spare taken, or a fork that started) is
+        serving already: unless the manifest asks for an httpGet readiness probe, it is ready
+        now, without a TCP probe."""
         started = time.monotonic()
         proc = self._proc
         forked = isinstance(proc, ForkedProcess) and proc.listening and proc.returncode is None
@@ -154,7 +159,7 @@ class Replica:
     async def _probe(self) -> bool:
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", self.spec.port), 0.1
+                asyncio.open_connection("127.0.0.1", self.port), 0.1
             )
         except (OSError, TimeoutError):
             return False

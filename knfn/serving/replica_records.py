@@ -4,6 +4,8 @@ A replica is a process group of its own: the function server and the workers it 
 leader dies with knfn by the parent-death signal (knfn/serving/pdeathsig.py), and its workers notice
 their parent is gone and exit. The records are the second line: one small JSON file per replica
 under ``<state dir>/run/replicas/``, written when it starts and removed when it has been reaped.
+A template's spare (template.py: a started server not serving yet) is recorded the same way when
+it is forked, under ``<svc>/<revision>/spare``; the replica that takes it keeps that record.
 A file that is still there when knfn starts belongs to a run that was killed; whatever is left
 of that replica's group is stopped (SIGTERM, a grace period, SIGKILL) before anything starts.
 

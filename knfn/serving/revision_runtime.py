@@ -140,9 +140,10 @@ class RevisionRuntime:
 
     def demand(self, cost: int) -> budget.Demand:
         """What the revision asks of the replica budget; cost: the memory a replica takes."""
+        spares = int(self.template is not None and self.template.spare_starting)
         return budget.Demand(
             self.key, self.desired if self.routable else 0, self.active, self.ready,
-            self.throttler.meter.value, self.activating, cost,
+            self.throttler.meter.value, self.activating, cost, spares,
         )  # fmt: skip
 
     def reconcile(self) -> None:
@@ -206,6 +207,7 @@ class RevisionRuntime:
         template = Template(
             name, self.ctx.argv[0], self.revision.code, self._env(0), self.ctx.printer,
             root=self.ctx.template_root,
+            pick_port=self.ctx.pick_port, records=self.ctx.records,
         )  # fmt: skip
         template.start()
         return template

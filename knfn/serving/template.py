@@ -11,11 +11,14 @@ A forked replica looks to the supervisor like a spawned one (``ReplicaProcess``)
 its own process group (so the group stop reaches gunicorn's worker), its output comes through a
 pipe knfn made, and its exit, reaped by the template, is reported over the control channel.
 
-Each ready template keeps one spare: a child forked ahead of need that has built its server and
-waits for its PORT (template_main.py). A replica wanted takes the spare, so a cold start is
-only the bind and gunicorn's worker, and a new spare is forked behind it. It shares nearly all
-its memory with the template (a few MiB of its own, counted with the template's, never as a
-replica) and exits when its template does.
+Each ready template keeps one spare, as Fission keeps a warm pool: a child forked ahead of need
+that is already a whole server, its own port bound (picked by knfn, as for any replica), PORT
+and the rest of the replica environment set, gunicorn's arbiter and worker started. It is not
+a replica yet: no endpoint, not in /status, no traffic. A replica wanted takes it, and it is
+ready at once (knfn only registers its endpoint); a new spare is forked behind it. Its memory
+is that of an idle replica (an arbiter and a worker sharing the template's pages, measured as a
+replica's PSS: budget.py), kept per revision as long as its template lives; it is recorded in
+the state dir like a replica (replica_records.py), and dies with its template.
 
 Replicas are spawned instead when forking is unsafe or impossible: not Linux, a template that
 failed to start or import (or started threads at import), or a revision annotated
@@ -31,13 +34,15 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from knfn.errors import KnfnError
 from knfn.logs import Printer
+from knfn.ports import free_port
 from knfn.serving import template_wire as wire
+from knfn.serving.replica_records import ReplicaRecords
 
 if TYPE_CHECKING:
     from knfn.serving.template_root import TemplateRoot
@@ -47,6 +52,7 @@ MODES = ("fork", "spawn")
 START_TIMEOUT = 60.0  # import and app build, as a replica's readiness timeout
 FORK_TIMEOUT = 5.0  # from request to the child's pid
 LISTEN_TIMEOUT = 5.0  # from fork to the worker serving; then knfn probes as usual
+SPARE_BACKOFF_MAX = 30.0  # between spares that die unused (a server that cannot start)
 STOP_TIMEOUT = 5.0
 RESTART_BACKOFF_MAX = 30.0
 
@@ -87,13 +93,15 @@ def validate_annotations(annotations: Mapping[str, str]) -> list[str]:
 class ForkedProcess:
     """A replica forked by a template, seen as an asyncio subprocess is."""
 
-    def __init__(self, pid: int, stdout: asyncio.StreamReader) -> None:
+    def __init__(self, pid: int, stdout: asyncio.StreamReader, port: int) -> None:
         self.pid = pid
         self.stdout = stdout
+        self.port = port  # the PORT it serves on (a spare's own, picked when it was forked)
         self.returncode: int | None = None
-        # Its worker wrote the ready byte: the server's socket is listening, so a TCP probe
-        # could only succeed (replica.py skips it).
+        # Its worker wrote the ready byte: it accepts on its port, so a TCP probe could only
+        # succeed (replica.py skips it).
         self.listening = False
+        self.recorded = False  # in the replica records already (a spare is recorded when forked)
         self._exited = asyncio.Event()
 
     def exited(self, returncode: int) -> None:
@@ -107,16 +115,23 @@ class ForkedProcess:
         return self.returncode
 
 
-class _Child:
-    """A forked child not started yet: its process, and the pipes knfn holds to it."""
+class Spare:
+    """A child started ahead of need, and whether its worker serves (the ready byte)."""
 
-    def __init__(self, process: ForkedProcess, start_w: int, ready_r: int) -> None:
-        self.process, self.start_w, self.ready_r = process, start_w, ready_r
+    def __init__(self, process: ForkedProcess, ready: asyncio.Task[bool]) -> None:
+        self.process, self.ready = process, ready
+        self.taken = asyncio.Event()
 
-    def discard(self) -> None:
-        """Close knfn's ends: the child reads EOF on its start pipe and exits."""
-        os.close(self.start_w)
-        os.close(self.ready_r)
+    async def until_taken_or_gone(self) -> bool:
+        """True when it was taken; False when it exited unused."""
+        taken = asyncio.ensure_future(self.taken.wait())
+        gone = asyncio.ensure_future(self.process.wait())
+        try:
+            await asyncio.wait({taken, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            taken.cancel()
+            gone.cancel()
+        return self.taken.is_set()
 
 
 class Template:
@@ -129,9 +144,13 @@ class Template:
         cwd: Path,
         env: Mapping[str, str],
         printer: Printer,
+        *,
         root: TemplateRoot | None = None,
+        pick_port: Callable[[], int] = free_port,
+        records: ReplicaRecords | None = None,
     ) -> None:
         self.name, self._script, self._cwd, self._printer = name, script, cwd, printer
+        self._pick_port, self._records = pick_port, records
         self.env = wire.template_env(env)
         self._root = root  # forks this template when it can (template_root.py), else spawn
         self.state = "starting"  # starting, ready, down (restarting), failed, stopped
@@ -143,8 +162,8 @@ class Template:
         self._early_exits: dict[int, int] = {}
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
-        self._spare: _Child | None = None
-        self._refilling: asyncio.Task[None] | None = None
+        self._spare: Spare | None = None
+        self._forking: asyncio.Future[Spare | None] | None = None  # the next spare, on its way
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._supervise()))
@@ -163,8 +182,12 @@ class Template:
                 return
             self.state = "ready"
             self._settled.set()
-            self._refill()
+            spares = asyncio.create_task(self._keep_spare())
+            self._tasks.append(spares)  # stop() cancels it with the rest
             await reader  # until the channel closes: the template exited
+            spares.cancel()
+            await asyncio.gather(spares, return_exceptions=True)
+            self._tasks.remove(spares)
             assert self._proc is not None
             code = await self._proc.wait()
             if self.state == "stopped":
@@ -263,7 +286,9 @@ class Template:
             self._printer.line(self.name, raw.decode("utf-8", "replace").rstrip("\n"))
 
     async def fork(self, env: Mapping[str, str]) -> ForkedProcess | None:
-        """A replica with env, listening; None when this template cannot give one (spawn)."""
+        """A replica with env, serving: the spare if there is one (then on its own port, in
+        ForkedProcess.port), else a child forked now; None when this template cannot give one
+        (spawn)."""
         if self.state == "starting":
             await self._settled.wait()
         if self.state != "ready" or self._control is None:
@@ -273,84 +298,132 @@ class Template:
             stale = sorted(delta.keys - wire.PER_REPLICA)
             self._printer.line("knfn", f"{self.name}: replica env differs in {stale}; spawning")
             return None
-        child = self._take_spare() or await self._fork_child()
-        self._refill()
+        spare = await self._take_spare()
+        if spare is not None:
+            return spare
+        child = await self._fork_child(delta)
         if child is None:
             return None
-        try:
-            # A few bytes into an empty pipe: never blocks. Then EOF: the child reads to it.
-            os.write(child.start_w, wire.encode(wire.Start(delta)))
-        except OSError:
-            pass  # the child is gone: its exit is reported as any replica's
-        finally:
-            os.close(child.start_w)
-        child.process.listening = await _ready_byte(child.ready_r, LISTEN_TIMEOUT)
-        return child.process
+        process, ready_r = child
+        process.listening = await _ready_byte(ready_r, LISTEN_TIMEOUT)
+        return process
 
-    def _take_spare(self) -> _Child | None:
+    async def _take_spare(self) -> ForkedProcess | None:
+        """The spare, serving (one on its way is waited for: it is ahead of a new fork);
+        None when there is none alive."""
+        if self._spare is None and self._forking is not None and not self._forking.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._forking)
         spare, self._spare = self._spare, None
-        if spare is not None and spare.process.returncode is not None:
-            spare.discard()  # it died waiting (its exit was reported): fork a new one
+        if spare is None or spare.process.returncode is not None:
+            return None
+        spare.taken.set()  # a new one is forked behind it (_keep_spare)
+        spare.process.listening = await spare.ready
+        return spare.process if spare.process.returncode is None else None
+
+    @property
+    def spare_pid(self) -> int | None:
+        """The spare's pid (its process group: arbiter and worker), to measure its memory."""
+        return self._spare.process.pid if self._spare is not None else None
+
+    @property
+    def spare_starting(self) -> bool:
+        """A spare is being forked or its worker is not serving yet: memory not in use yet."""
+        spare, forking = self._spare, self._forking
+        return (forking is not None and not forking.done()) or (
+            spare is not None and not spare.ready.done()
+        )
+
+    async def _keep_spare(self) -> None:
+        """One spare while the template is ready: a new one whenever it is taken; after one
+        that failed to fork or died unused, the next waits a backoff."""
+        backoff = 0.5
+        try:
+            while self.state == "ready":
+                self._forking = asyncio.ensure_future(self._new_spare())
+                spare = await asyncio.shield(self._forking)
+                if spare is not None:
+                    if await spare.until_taken_or_gone():
+                        backoff = 0.5
+                        continue
+                    if self._spare is spare:
+                        self._drop_spare()
+                await asyncio.sleep(backoff)
+                backoff = min(SPARE_BACKOFF_MAX, backoff * 2)
+        finally:
+            if self._forking is not None:
+                self._forking.cancel()
+            self._drop_spare()
+
+    async def _new_spare(self) -> Spare | None:
+        """Fork the next spare on its own port and make it the spare (take waits for it)."""
+        child = await self._fork_child(wire.EnvDelta({"PORT": str(self._pick_port())}), True)
+        if child is None:
+            return None
+        process, ready_r = child
+        spare = Spare(process, asyncio.ensure_future(_ready_byte(ready_r, LISTEN_TIMEOUT)))
+        if self._records is not None:
+            self._records.add(f"{self.name.removesuffix('/template')}/spare", process.pid)
+            process.recorded = True
+        self._drop_spare()  # none is expected: one at a time
+        self._spare = spare
+        if self.state != "ready":
+            self._drop_spare()
             return None
         return spare
 
-    def _refill(self) -> None:
-        """Fork a new spare in the background, unless there is one or one is on its way."""
-        if self._spare is not None or self.state != "ready":
-            return
-        if self._refilling is None or self._refilling.done():
-            self._refilling = asyncio.create_task(self._fork_spare())
-            self._tasks.append(self._refilling)
-
-    async def _fork_spare(self) -> None:
-        spare = await self._fork_child(quiet=True)
+    def _drop_spare(self) -> None:
+        """The spare goes unused: its group is killed (it never served), its record removed."""
+        spare, self._spare = self._spare, None
         if spare is None:
             return
-        if self._spare is None and self.state == "ready":
-            self._spare = spare
-        else:
-            spare.discard()
+        spare.ready.cancel()
+        _killpg(spare.process.pid)
+        if self._records is not None:
+            self._records.remove(spare.process.pid)
 
-    def _drop_spare(self) -> None:
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.discard()
-
-    async def _fork_child(self, quiet: bool = False) -> _Child | None:
-        """A child forked and building its server, waiting for its Start; None if the
-        template cannot fork one (said, unless quiet: then the next replica says it)."""
+    async def _fork_child(
+        self, delta: wire.EnvDelta, quiet: bool = False
+    ) -> tuple[ForkedProcess, int] | None:
+        """A child forked and starting its server with the template's env and delta; with
+        the read end of its ready pipe. None if the template cannot fork one (said, unless
+        quiet: then the next replica says it)."""
         control = self._control
         if self.state != "ready" or control is None:
             return None
-        request = wire.Fork(next(self._ids))
+        request = wire.Fork(next(self._ids), delta)
         out_r, out_w = os.pipe()
         ready_r, ready_w = os.pipe()
-        start_r, start_w = os.pipe()
         self._pending[request.id] = reply = asyncio.get_running_loop().create_future()
         try:
-            await _send_fds(control, wire.encode(request), [out_w, ready_w, start_r])
+            await _send_fds(control, wire.encode(request), [out_w, ready_w])
             answer = await asyncio.wait_for(reply, FORK_TIMEOUT)
-        except (OSError, TimeoutError, TemplateError) as exc:
+        except (OSError, TimeoutError, TemplateError, wire.WireError) as exc:
             answer = wire.ForkFailed(request.id, repr(exc))
+        except BaseException:  # cancelled: a Forked that comes is killed (_dispatch)
+            os.close(out_r)
+            os.close(ready_r)
+            raise
         finally:
             self._pending.pop(request.id, None)
-            for fd in (out_w, ready_w, start_r):
+            for fd in (out_w, ready_w):
                 os.close(fd)
         if not isinstance(answer, wire.Forked):
-            for fd in (out_r, ready_r, start_w):
+            for fd in (out_r, ready_r):
                 os.close(fd)
             reason = answer.reason if isinstance(answer, wire.ForkFailed) else repr(answer)
             if not quiet:
                 self._printer.line("knfn", f"{self.name}: fork failed ({reason}); spawning")
             return None
-        process = ForkedProcess(answer.pid, await _pipe_reader(out_r))
+        port = int(delta.set.get("PORT", self.env.get("PORT", "0")))
+        process = ForkedProcess(answer.pid, await _pipe_reader(out_r), port)
         if answer.pid in self._early_exits:
             process.exited(self._early_exits.pop(answer.pid))
         elif self.state == "ready":
             self._children[answer.pid] = process
         else:
             process.exited(-signal.SIGKILL)
-        return _Child(process, start_w, ready_r)
+        return process, ready_r
 
     async def stop(self) -> None:
         """1. Close the channel (the template exits; replicas left die with it), 2. wait,

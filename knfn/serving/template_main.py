@@ -7,13 +7,21 @@ It does what ``functions-framework`` (SCRIPT) does up to the moment it would ser
 options from the environment with the CLI's own click command, imports the function and builds
 the app (``create_app``). Then, instead of serving, it waits on the control socket
 (knfn/serving/template_wire.py) and forks a child per request. The child becomes what a spawned
-replica is: its own session, output on the pipe it was sent, and functions-framework's server
-(gunicorn, with the CLI's options). It builds that server (the CLI's options, gunicorn's
-application and arbiter: some 5 ms) before it knows its port, then waits on its start pipe for
-the replica's PORT, binds HOST:PORT and serves; so knfn can fork one ahead of need and a cold
-start skips all of that. The one addition is a ``when_ready`` hook that writes a byte to the
-ready pipe once the arbiter listens (what a TCP probe of a spawned replica waits for: a request
-sent now waits in the listen backlog for the worker), so knfn needs no probe.
+replica is: its own session, output on the pipe it was sent, the replica's environment (the
+template's and the ``Fork``'s delta: its PORT), and functions-framework's server run as the
+CLI's last line runs it (gunicorn, with the CLI's options). The one addition is a
+``post_worker_init`` hook: gunicorn's worker writes a byte to the ready pipe once it serves, so
+knfn knows without probing it. knfn forks one child per revision ahead of need, a spare that is
+a whole server before any request wants it (template.py).
+
+Before that byte the worker sends itself one request, as a readiness probe would: ``GET
+/robots.txt``, which functions-framework answers itself (404) without calling the function. A
+fresh worker's first request costs several times a later one (its first thread, lazy imports,
+copy-on-write faults in the pages the request path touches: measured 39 ms against 4.6 ms on a
+loaded 2-core machine); paid here, ahead of need, a cold start does not pay it. Only when the
+app is an HTTP function whose /robots.txt is functions-framework's and no request hook of the
+function's would run for it (warm_up_path); otherwise the first request pays as a spawned
+replica's does.
 
 Forking is only safe from a single thread: a function that starts threads at import is
 reported as ``Failed`` and its revision's replicas are spawned. The template dies with knfn
@@ -35,9 +43,7 @@ import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
-
-import click
+from typing import Any
 
 from knfn.serving import template_wire as wire
 
@@ -47,11 +53,11 @@ PRELOAD = ("gunicorn.arbiter", "gunicorn.glogging", "concurrent.futures.thread",
 
 @dataclass(frozen=True)
 class Child:
-    """What a forked child has once it has left the template's loop: its pipes."""
+    """What a forked child has once it has left the template's loop: its pipes and env."""
 
     output_fd: int
     ready_fd: int
-    start_fd: int
+    delta: wire.EnvDelta
 
 
 def die_with_parent(parent: int) -> None:
@@ -132,7 +138,7 @@ def serve_forks(control: socket.socket) -> Child:
                     os.read(wake_r, 4096)
                     reap(control)
                     continue
-                data, fds, _flags, _addr = socket.recv_fds(control, wire.MAX_MESSAGE, 3)
+                data, fds, _flags, _addr = socket.recv_fds(control, wire.MAX_MESSAGE, 2)
                 if not data:
                     sys.exit(0)
                 child = fork(control, data, fds)
@@ -145,8 +151,8 @@ def serve_forks(control: socket.socket) -> Child:
 def fork(control: socket.socket, data: bytes, fds: list[int]) -> Child | None:
     try:
         request = wire.decode(data)
-        if not isinstance(request, wire.Fork) or len(fds) != 3:
-            raise wire.WireError(f"expected a Fork with 3 fds, got {data[:80]!r}, {len(fds)} fds")
+        if not isinstance(request, wire.Fork) or len(fds) != 2:
+            raise wire.WireError(f"expected a Fork with 2 fds, got {data[:80]!r}, {len(fds)} fds")
     except wire.WireError as exc:
         for fd in fds:
             os.close(fd)
@@ -159,7 +165,7 @@ def fork(control: socket.socket, data: bytes, fds: list[int]) -> Child | None:
     if pid == 0:
         os.setsid()
         die_with_parent(template)
-        return Child(fds[0], fds[1], fds[2])
+        return Child(fds[0], fds[1], request.delta)
     for fd in fds:
         os.close(fd)
     control.send(wire.encode(wire.Forked(request.id, pid)))
@@ -178,84 +184,83 @@ def reap(control: socket.socket) -> None:
 
 
 def serve_replica(child: Child, app: Any) -> None:
-    """In the child: build the server as the CLI's last line does, wait for the replica's
-    environment on the start pipe, then serve on its PORT (EOF instead: exit, unused)."""
+    """In the child: the replica's environment, then serve as the CLI's last line does."""
+    from functions_framework._http import create_server
+
     os.dup2(child.output_fd, 1)
     os.dup2(child.output_fd, 2)
     os.close(child.output_fd)
-    params = cli_params()
-    server = prepare(app, params, child.ready_fd)
-    start = read_start(child.start_fd)
-    if start is None:
-        os._exit(0)
-    wire.apply_delta(os.environ, start.delta)
-    if not start.delta.keys <= {"PORT"}:
-        params = cli_params()  # never sent by knfn (template.py); read them all again
-    elif "PORT" in start.delta.set:
-        params["port"] = click.INT(start.delta.set["PORT"])  # as the CLI's --port reads it
+    wire.apply_delta(os.environ, child.delta)
+    params = cli_params()  # PORT among them, as the CLI's --port reads it
+    server = create_server(app, params["debug"])  # type: ignore[no-untyped-call]
+    if server.server_class.__module__.endswith("gunicorn"):
+        host = "127.0.0.1" if params["host"] in ("", "0.0.0.0") else params["host"]
+        path = warm_up_path(app)
+        server.options["post_worker_init"] = lambda worker: announce(
+            child.ready_fd, (host, params["port"]), path
+        )
+    else:
+        os.close(child.ready_fd)  # no hook: knfn probes as for a spawned replica
     server.run(params["host"], params["port"])
 
 
-class Prepared(Protocol):
-    def run(self, host: str, port: int) -> None: ...
+WARM_UP_PATH = "/robots.txt"
+WARM_UP_TIMEOUT = 5.0
 
 
-def prepare(app: Any, params: dict[str, Any], ready_fd: int) -> Prepared:
-    """functions-framework's server for app, built as far as it can be without the port."""
-    from functions_framework._http import create_server
+def warm_up_path(app: Any) -> str | None:
+    """``/robots.txt`` if a request for it never reaches the function's code: the route is
+    functions-framework's own 404 (HTTP functions: functions_framework/__init__.py
+    ``_configure_app``) and the function registered no request hook or error handler."""
+    url_map, views = getattr(app, "url_map", None), getattr(app, "view_functions", {})
+    if url_map is None:  # an ASGI app
+        return None
+    rules = [rule for rule in url_map.iter_rules() if rule.rule == WARM_UP_PATH]
+    if not rules or any(rule.endpoint != "error" for rule in rules):
+        return None
+    hooks = (app.before_request_funcs, app.teardown_request_funcs,
+             app.url_value_preprocessors, app.url_default_functions)  # fmt: skip
+    if any(any(found for found in hook.values()) for hook in hooks):
+        return None
+    handlers = [
+        handler for by_code in app.error_handler_spec.values() for by_class in by_code.values()
+        for handler in by_class.values()
+    ]  # fmt: skip
+    after = [f for fs in app.after_request_funcs.values() for f in fs]
+    if not all(_of_framework(f) for f in [views.get("error"), *after, *handlers]):
+        return None
+    return WARM_UP_PATH
 
-    server = create_server(app, params["debug"])  # type: ignore[no-untyped-call]
-    if not server.server_class.__module__.endswith("gunicorn"):
-        os.close(ready_fd)  # no hook: knfn probes as for a spawned replica
-        return cast(Prepared, server)
-    server.options["when_ready"] = lambda arbiter: _notify(ready_fd)
-    return GunicornPrepared(server, params)
+
+def _of_framework(function: Any) -> bool:
+    return str(getattr(function, "__module__", "")).startswith("functions_framework")
 
 
-class GunicornPrepared:
-    """gunicorn's application (its Config) and arbiter built before the port is known; the
-    bind address set once it is. What ``HTTPServer.run`` and ``BaseApplication.run`` do, in
-    two halves (functions_framework/_http/__init__.py, gunicorn/app/base.py)."""
+def announce(ready_fd: int, address: tuple[str, int], path: str | None) -> None:
+    """In the worker, about to serve: the warm-up request (from a thread, once the worker's loop
+    accepts), then the ready byte; at once without a path."""
+    if path is None:
+        _notify(ready_fd)
+        return
 
-    def __init__(self, server: Any, params: dict[str, Any]) -> None:
-        from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
+    def warm_up() -> None:
+        with contextlib.suppress(OSError), socket.create_connection(address, WARM_UP_TIMEOUT) as s:
+            s.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: {address[0]}:{address[1]}\r\n"
+                "User-Agent: knfn-warm-up\r\nConnection: close\r\n\r\n".encode()
+            )
+            while s.recv(65536):
+                pass
+        _notify(ready_fd)
 
-        self.application = server.server_class(
-            server.app, params["host"], params["port"], server.debug, **server.options
-        )
-        self.arbiter = Arbiter(self.application)
-
-    def run(self, host: str, port: int) -> None:
-        bind = f"{host}:{port}"
-        self.application.options["bind"] = bind
-        self.application.cfg.set("bind", bind)
-        self.arbiter.address = self.application.cfg.address
-        try:
-            self.arbiter.run()
-        except RuntimeError as exc:
-            print(f"\nError: {exc}\n", file=sys.stderr)
-            sys.stderr.flush()
-            sys.exit(1)
+    threading.Thread(target=warm_up, name="knfn-warm-up", daemon=True).start()
 
 
 def _notify(fd: int) -> None:
+    """The ready byte, from the worker; a later worker (one replaced) finds the pipe closed."""
     with contextlib.suppress(OSError):
         os.write(fd, b"R")
         os.close(fd)
-
-
-def read_start(fd: int) -> wire.Start | None:
-    """The Start knfn writes on the start pipe (blocking until EOF); None: EOF alone."""
-    chunks = []
-    with os.fdopen(fd, "rb", buffering=0) as pipe:
-        while chunk := pipe.read(wire.MAX_MESSAGE):
-            chunks.append(chunk)
-    if not chunks:
-        return None
-    message = wire.decode(b"".join(chunks))
-    if not isinstance(message, wire.Start):
-        raise wire.WireError(f"expected a Start on the start pipe, got {type(message).__name__}")
-    return message
 
 
 def main(argv: list[str]) -> None:

@@ -214,7 +214,8 @@ class TemplateRoot:
             reason = answer.reason if isinstance(answer, wire.SpawnFailed) else repr(answer)
             self._printer.line("knfn", f"{name}: {NAME} could not fork it ({reason})")
             return None
-        process = ForkedProcess(answer.pid, await _pipe_reader(out_r))
+        # A template serves no port of its own.
+        process = ForkedProcess(answer.pid, await _pipe_reader(out_r), port=0)
         if answer.pid in self._early_exits:
             process.exited(self._early_exits.pop(answer.pid))
         elif self.state == "ready":

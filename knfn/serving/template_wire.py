@@ -1,18 +1,16 @@
 """The control channel between knfn and a revision's template process, as pure functions.
 
 One message per datagram of a ``SOCK_SEQPACKET`` socket pair (so no framing), encoded as a JSON
-object with a ``type``. knfn sends ``Fork`` with three file descriptors attached (the child's
-output pipe, its ready pipe and its start pipe); the template answers ``Ready`` or ``Failed``
-once after start, ``Forked`` or ``ForkFailed`` per request, and ``Exited`` whenever it reaps a
-child.
+object with a ``type``. knfn sends ``Fork`` with two file descriptors attached (the child's
+output pipe and its ready pipe); the template answers ``Ready`` or ``Failed`` once after start,
+``Forked`` or ``ForkFailed`` per request, and ``Exited`` whenever it reaps a child.
 
-A forked child prepares its server (all that does not depend on its port) and then waits on its
-start pipe for one ``Start``, written by knfn and followed by EOF; EOF alone tells it to exit.
-So a child can be forked ahead of need (a revision's spare) and started when a replica is wanted.
-It inherits the template's environment, which is the revision's replica environment without the
-values that differ per replica; ``Start`` carries those (``EnvDelta``). Only ``PER_REPLICA`` keys
-may differ: anything else means the template was built for another environment, whose values the
-function may have read at import.
+A forked child is a whole replica from the start: it inherits the template's environment, which
+is the revision's replica environment without the values that differ per replica, and ``Fork``
+carries those (``EnvDelta``: its PORT), so the child binds and starts its server and worker at
+once, ahead of need when it is a revision's spare. Only ``PER_REPLICA`` keys may differ: anything
+else means the template was built for another environment, whose values the function may have
+read at import.
 """
 
 from __future__ import annotations
@@ -62,16 +60,11 @@ def template_env(replica_env: Mapping[str, str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Fork:
-    """knfn -> template: fork a child (fds attached: output pipe, ready pipe, start pipe)."""
+    """knfn -> template: fork a child that serves with this environment (fds attached: its
+    output pipe, its ready pipe)."""
 
     id: int
-
-
-@dataclass(frozen=True)
-class Start:
-    """knfn -> a forked child, on its start pipe: serve as a replica with this environment."""
-
-    delta: EnvDelta
+    delta: EnvDelta = field(default_factory=EnvDelta)
 
 
 @dataclass(frozen=True)
@@ -108,15 +101,15 @@ class Exited:
     returncode: int
 
 
-Message = Fork | Start | Ready | Failed | Forked | ForkFailed | Exited
+Message = Fork | Ready | Failed | Forked | ForkFailed | Exited
 _TYPES: dict[str, type[Message]] = {
-    t.__name__: t for t in (Fork, Start, Ready, Failed, Forked, ForkFailed, Exited)
+    t.__name__: t for t in (Fork, Ready, Failed, Forked, ForkFailed, Exited)
 }
 
 
 def encode(message: Message) -> bytes:
     body = asdict(message)
-    if isinstance(message, Start):
+    if isinstance(message, Fork):
         body["delta"] = {"set": dict(message.delta.set), "unset": list(message.delta.unset)}
     data = json.dumps({"type": type(message).__name__, **body}, separators=(",", ":")).encode()
     if len(data) > MAX_MESSAGE:
@@ -149,10 +142,10 @@ def decode(data: bytes) -> Message:
 
 def _delta(raw: Any) -> EnvDelta:
     if not isinstance(raw, dict):
-        raise WireError(f"Start message: delta must be an object, not {raw!r}")
+        raise WireError(f"Fork message: delta must be an object, not {raw!r}")
     sets, unset = raw.get("set", {}), raw.get("unset", [])
     if not (isinstance(sets, dict) and all(isinstance(v, str) for v in sets.values())):
-        raise WireError(f"Start message: delta.set must map names to strings: {sets!r}")
+        raise WireError(f"Fork message: delta.set must map names to strings: {sets!r}")
     if not (isinstance(unset, list) and all(isinstance(k, str) for k in unset)):
-        raise WireError(f"Start message: delta.unset must be a list of names: {unset!r}")
+        raise WireError(f"Fork message: delta.unset must be a list of names: {unset!r}")
     return EnvDelta(sets, tuple(unset))

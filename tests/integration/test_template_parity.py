@@ -28,6 +28,7 @@ from knfn.logs import Printer
 from knfn.ports import free_port
 from knfn.serving.replica import Replica, ReplicaSpec
 from knfn.serving.replica_env import SecretValues, resolve
+from knfn.serving.replica_records import ReplicaRecords
 from knfn.serving.template import ForkedProcess, Template
 from tests.support import REPO
 
@@ -121,8 +122,8 @@ async def with_pair(
 
 async def both(forked: Replica, spawned: Replica, *request: Any) -> tuple[Response, Response]:
     return (
-        await asyncio.to_thread(fetch, forked.spec.port, *request),
-        await asyncio.to_thread(fetch, spawned.spec.port, *request),
+        await asyncio.to_thread(fetch, forked.port, *request),
+        await asyncio.to_thread(fetch, spawned.port, *request),
     )
 
 
@@ -142,7 +143,7 @@ def test_forked_hello_answers_as_a_spawned_one(tmp_path: Path) -> None:
         for request in requests:
             from_fork, from_spawn = await both(forked, spawned, *request)
             assert from_fork == from_spawn, request
-        statuses = [(await asyncio.to_thread(fetch, forked.spec.port, *r))[0] for r in requests]
+        statuses = [(await asyncio.to_thread(fetch, forked.port, *r))[0] for r in requests]
         assert statuses == [200, 200, 400, 200, 405, 200, 400]
 
     asyncio.run(with_pair(REPO / "functions" / "hello", hello_env(tmp_path), check, out))
@@ -160,7 +161,7 @@ def test_forked_replica_sees_the_env_and_process_of_a_spawned_one() -> None:
             from_fork, from_spawn = await both(forked, spawned, *request)
             seen = [json.loads(r[2]) for r in (from_fork, from_spawn)]
             for answer, rep in zip(seen, (forked, spawned), strict=True):
-                assert answer["env"].pop("PORT") == str(rep.spec.port)
+                assert answer["env"].pop("PORT") == str(rep.port)
                 assert answer.pop("pid") != rep.pid  # gunicorn's worker answers
                 # functions-framework's random id per request (random differs per process).
                 assert len(answer["headers"].pop("Function-Execution-Id")) == 12
@@ -253,7 +254,7 @@ def test_a_function_that_cannot_be_forked_gets_spawned_replicas(
             assert not isinstance(rep._proc, ForkedProcess)
             if "ECHO_FAIL_AT_IMPORT" not in extra:
                 await rep.wait_ready(READY)
-                assert (await asyncio.to_thread(fetch, rep.spec.port, "GET", "/"))[0] == 200
+                assert (await asyncio.to_thread(fetch, rep.port, "GET", "/"))[0] == 200
         finally:
             await rep.stop(5)
             await template.stop()
@@ -277,10 +278,72 @@ def test_a_forked_replica_is_ready_on_its_ready_byte_and_answers_at_once() -> No
         try:
             await forked.start()
             assert await forked.wait_ready(READY) == 0.0
-            status, _, _ = await asyncio.to_thread(fetch, forked.spec.port, "GET", "/")
+            status, _, _ = await asyncio.to_thread(fetch, forked.port, "GET", "/")
             assert status == 200
         finally:
             await forked.stop(5)
             await template.stop()
+
+    asyncio.run(scenario())
+
+
+async def ready_spare(template: Template, *, after: int = 0) -> ForkedProcess:
+    """The template's spare (not the one of pid after) once its worker serves."""
+    for _ in range(300):
+        spare = template._spare
+        if spare is not None and spare.process.pid != after and spare.ready.done():
+            assert spare.ready.result() is True
+            return spare.process
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no spare ready within 15 s: {template.state}")
+
+
+def test_a_spare_is_a_started_server_that_becomes_a_replica_when_taken(tmp_path: Path) -> None:
+    """Ahead of need the spare listens on its own port with its worker up (warmed up without
+    calling the function), recorded but no replica; taken, it is the replica at once (its port,
+    its PORT); a new one follows, one that dies unused is replaced, and stopping the template
+    takes the spare and its record with it."""
+
+    async def scenario() -> None:
+        records = ReplicaRecords(tmp_path / "replicas")
+        printer = Printer(io.StringIO())
+        env_for = echo_env()
+        template = Template(
+            "svc/svc-00001/template", FUNCTIONS_FRAMEWORK, ECHO, env_for(0), printer,
+            records=records,
+        )  # fmt: skip
+        template.start()
+        # The replica shares the records: it removes the spare's once it has stopped it.
+        port = free_port()
+        spec = ReplicaSpec("svc", "svc-00001", 1, (FUNCTIONS_FRAMEWORK,), ECHO, env_for(port),
+                           port, template=template)  # fmt: skip
+        forked = Replica(spec, printer, records)
+        try:
+            spare = await ready_spare(template)
+            assert template.spare_pid == spare.pid and not template.spare_starting
+            _, writer = await asyncio.open_connection("127.0.0.1", spare.port)  # it accepts
+            writer.close()
+            assert [(r.name, r.pid) for _, r in records.records() if r] == [
+                ("svc/svc-00001/spare", spare.pid)
+            ]
+
+            await forked.start()
+            assert forked.pid == spare.pid and forked.port == spare.port != forked.spec.port
+            assert await forked.wait_ready(READY) == 0.0
+            status, _, body = await asyncio.to_thread(fetch, forked.port, "GET", "/")
+            answer = json.loads(body)
+            assert status == 200 and answer["env"]["PORT"] == str(forked.port)
+            assert answer["calls"] == 1  # its worker's warm-up request never reached echo
+
+            second = await ready_spare(template, after=spare.pid)
+            assert second.pid != spare.pid and second.port != spare.port
+            os.killpg(second.pid, signal.SIGKILL)  # dies unused: replaced after a backoff
+            third = await ready_spare(template, after=second.pid)
+            assert third.pid not in (spare.pid, second.pid)
+        finally:
+            await forked.stop(5)
+            await template.stop()
+        await until(lambda: not _alive(third.pid))
+        assert records.records() == []
 
     asyncio.run(scenario())

@@ -56,6 +56,13 @@ def test_starting_replicas_are_charged_before_memory_shows_them() -> None:
     assert got.allowed == {"hello": 6}
 
 
+def test_a_spare_being_started_is_charged_as_a_starting_replica() -> None:
+    """A template's spare on its way takes memory MemAvailable does not show yet: one less fits."""
+    assert plan([d("hello", 20, 1)], mem(55)).allowed == {"hello": 6}
+    got = plan([d("hello", 20, 1, spares_starting=1)], mem(55))
+    assert got.allowed == {"hello": 5} and got.held == {"hello": MEMORY}
+
+
 def test_running_replicas_are_never_shed_for_memory() -> None:
     """Memory below the reserve admits nothing new but retires nothing either."""
     got = plan([d("hello", 10, 8), d("query", 2, 1)], mem(-500))
@@ -237,6 +244,13 @@ def test_meminfo_and_pss_are_read_from_proc(tmp_path: Path) -> None:
     costs.measure({"default/hello-00001": [10, 404]}, tmp_path)
     assert costs.of("default/hello-00001") == 5000 * 1024
     assert costs.of("default/query-00001") == 32 * MiB
+    # A spare (its arbiter 10 and worker 11) is measured as a replica is, and shown apart.
+    costs.measure_spares({"default/hello-00001": 10, "default/query-00001": None}, tmp_path)
+    assert costs.spares() == {"default/hello-00001": 5000 * 1024}
+    costs.measure_spares({"default/hello-00001": None}, tmp_path)  # taken: its last is kept
+    assert costs.spares() == {"default/hello-00001": 5000 * 1024}
+    costs.forget(["default/query-00001"])
+    assert costs.spares() == {} and costs.measured() == {}
 
 
 def test_no_proc_means_no_memory_bound(tmp_path: Path) -> None:

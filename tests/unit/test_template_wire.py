@@ -6,15 +6,16 @@ import pytest
 
 from knfn.serving import template_wire as wire
 from knfn.serving.template import start_mode, validate_annotations
+from knfn.serving.template_main import warm_up_path
+from tests.support import REPO
 
 MESSAGES: list[wire.Message] = [
     wire.Fork(7),
-    wire.Start(wire.EnvDelta({"PORT": "8123", "É": "ü ✓"}, ("GONE",))),
-    wire.Start(wire.EnvDelta()),
+    wire.Fork(8, wire.EnvDelta({"PORT": "8123", "É": "ü ✓"}, ("GONE",))),
     wire.Ready(4242),
     wire.Failed("fork unsafe: the function started threads at import: ['x']"),
     wire.Forked(7, 4343),
-    wire.ForkFailed(-1, "expected a Fork with 3 fds"),
+    wire.ForkFailed(-1, "expected a Fork with 2 fds"),
     wire.Exited(4343, -9),
     wire.Exited(4344, 0),
 ]
@@ -36,10 +37,10 @@ def test_every_message_survives_encode_and_decode(message: wire.Message) -> None
         (b'{"type": "Forked", "id": "1", "pid": 2}', "id='1' is not int"),
         (b'{"type": "Exited", "pid": 2, "returncode": true}', "returncode=True is not int"),
         (b'{"type": "Failed", "reason": 3}', "reason=3 is not str"),
-        (b'{"type": "Start", "delta": []}', "delta must be an object"),
-        (b'{"type": "Start", "delta": {"set": {"A": 1}}}', "delta.set must map"),
-        (b'{"type": "Start", "delta": {"unset": "A"}}', "delta.unset must be a list"),
-        (b'{"type": "Start"}', "Start message without delta"),
+        (b'{"type": "Fork", "id": 1, "delta": []}', "delta must be an object"),
+        (b'{"type": "Fork", "id": 1, "delta": {"set": {"A": 1}}}', "delta.set must map"),
+        (b'{"type": "Fork", "id": 1, "delta": {"unset": "A"}}', "delta.unset must be a list"),
+        (b'{"type": "Fork", "id": 1}', "Fork message without delta"),
     ],
 )
 def test_a_malformed_message_is_a_wire_error_naming_the_problem(data: bytes, names: str) -> None:
@@ -53,7 +54,7 @@ def test_an_oversized_message_is_refused() -> None:
     """A message over the datagram budget is an error at the sender, not a truncated read."""
     delta = wire.EnvDelta({"BIG": "x" * wire.MAX_MESSAGE})
     with pytest.raises(wire.WireError, match="bytes >"):
-        wire.encode(wire.Start(delta))
+        wire.encode(wire.Fork(1, delta))
 
 
 def test_the_delta_turns_the_template_env_into_the_replica_env() -> None:
@@ -85,3 +86,19 @@ def test_the_replica_start_annotation() -> None:
     assert validate_annotations({key: "exec"}) == [
         "knfn.dev/replica-start='exec': must be one of fork, spawn"
     ]
+
+
+def test_the_warm_up_path_is_one_the_function_never_sees() -> None:
+    """An HTTP function's /robots.txt is functions-framework's own 404; once the function adds
+    a request hook (which would run for it), a spare's worker is not warmed up."""
+    from functions_framework import create_app
+
+    source = REPO / "tests" / "integration" / "echo_function" / "main.py"
+    app = create_app("echo", str(source), "http")
+    assert warm_up_path(app) == "/robots.txt"
+    hooked = create_app("echo", str(source), "http")
+    hooked.before_request(lambda: None)
+    assert warm_up_path(hooked) is None
+    assert app.test_client().get("/robots.txt").status_code == 404
+    events = create_app("echo", str(source), "cloudevent")
+    assert warm_up_path(events) is None

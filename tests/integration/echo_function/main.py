@@ -21,11 +21,14 @@ if os.environ.get("ECHO_THREAD_AT_IMPORT") == "1":
     threading.Thread(target=time.sleep, args=(3600,), daemon=True, name="echo-idler").start()
 
 IMPORTED_IN = os.getpid()
+CALLS = [0]  # calls in this process: a request knfn made itself would show here
 
 
 def echo(request: flask.Request) -> flask.Response:
     """Everything a replica's process looks like, and the request as it arrived."""
+    CALLS[0] += 1
     return flask.jsonify(
+        calls=CALLS[0],
         env=dict(os.environ),
         argv=sys.argv,
         path=sys.path,
