@@ -257,30 +257,38 @@ def dev_command(
         {"gateway (--port/KNFN_PORT)": port, "admin API (--admin-port/KNFN_ADMIN_PORT)": admin_port}
     )
     services.preflight(settings.backing)
+    # The backing servers start now, before the imports below: SeaweedFS takes about 2 s of its
+    # own before it serves S3 (the longest step of a start), so the rest overlaps it. From
+    # dev.run on, the run stops them; until then, a failure here does.
+    started = services.Startup(settings.backing, say, services.DEV)
+    try:
+        import uvloop
 
-    import uvloop
+        from knfn import dev
+        from knfn.eventing.worker import default_processes
+        from knfn.logfiles import LogFiles
+        from knfn.logs import Printer
+        from knfn.serving import autoscaler_config
 
-    from knfn import dev
-    from knfn.eventing.worker import default_processes
-    from knfn.logfiles import LogFiles
-    from knfn.logs import Printer
-    from knfn.serving import autoscaler_config
-
-    options = dev.DevOptions(
-        port, admin_port, watch, dict(os.environ), dispatchers or default_processes(os.cpu_count()),
-        shutdown_timeout, max_event_bytes,
-        listeners=listeners, replica_start=replica_start,
-        caps=budget.Caps(max_replicas_per_revision, max_replicas, memory_reserve),
-        allow_not_ready_triggers=allow_not_ready_triggers,
-        autoscaler=autoscaler_config.LocalOverrides(
-            autoscaler_stable_window, autoscaler_scale_to_zero_grace, autoscaler_tick
-        ),
-    )  # fmt: skip
-    files = LogFiles(settings.state_dir / "logs")
+        options = dev.DevOptions(
+            port, admin_port, watch, dict(os.environ),
+            dispatchers or default_processes(os.cpu_count()), shutdown_timeout, max_event_bytes,
+            listeners=listeners, replica_start=replica_start,
+            caps=budget.Caps(max_replicas_per_revision, max_replicas, memory_reserve),
+            allow_not_ready_triggers=allow_not_ready_triggers,
+            autoscaler=autoscaler_config.LocalOverrides(
+                autoscaler_stable_window, autoscaler_scale_to_zero_grace, autoscaler_tick
+            ),
+        )  # fmt: skip
+        files = LogFiles(settings.state_dir / "logs")
+    except BaseException:
+        started.settle()
+        services.down(settings.backing, started.started())
+        raise
     say(f"printing knfn's lines and {print_filter.describe()} (--print); every line goes to "
         f"{files.root}, read with `knfn logs SERVICE`")  # fmt: skip
     try:
-        uvloop.run(dev.run(settings, options, Printer(files=files, shows=print_filter)))
+        uvloop.run(dev.run(settings, options, Printer(files=files, shows=print_filter), started))
     finally:
         files.close()
         lock.release()
