@@ -42,7 +42,11 @@ _JSON_BAD_ESCAPE = re.compile(
     r"|\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"  # high, no low next
     r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})"  # low, no high before
 )
-_JSON_STRING = re.compile(rb'"(?:[^"\\]+|\\.)*"', re.DOTALL)
+# A string, or an unterminated one to the end of the text. Possessive and never failing once
+# it has begun at a quote, so re.sub scans the text once, left to right: the nested
+# `(?:[^"\\]+|\\.)*"` this replaced backtracked exponentially on an unterminated string (one
+# event hung the ingress), and a pattern that can fail would be retried at every later quote.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.?)*+(?:"|\Z)', re.DOTALL)
 _BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[{]}")
 

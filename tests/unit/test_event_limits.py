@@ -157,3 +157,29 @@ def test_check_limits_never_raises(value: str) -> None:
         or any("\ud800" <= c <= "\udfff" for c in value)
         or len(encode_header_value(value)) > MAX_ATTRIBUTE_BYTES
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        (b'"' + b"a" * 200_000, 0),  # unterminated: exponential with a nested quantifier
+        (b'["' + b'\\"' * 100_000, 1),  # every escaped quote a place a failing match restarts
+        (b'["' + b'\\"' * 100_000 + b"\\", 1),  # and a lone backslash at the very end
+        (b'[["a' + b"[" * 1000, 2),  # brackets after an unterminated quote are in its string
+    ],
+)
+def test_json_depth_is_linear_on_unterminated_strings(text: bytes, depth: int) -> None:
+    """Hostile bodies the ingress fuzzing found: each once hung the event loop for good. An
+    alarm turns a hang into a failure."""
+    import signal
+
+    def hung(*_: object) -> None:
+        raise TimeoutError("json_depth backtracked")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        assert json_depth(text) == depth
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
