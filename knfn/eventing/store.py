@@ -267,6 +267,43 @@ async def _insert_deliveries(
     )
 
 
+# The outcomes of a round of attempts: each delivery's new state and its attempt's row, and the
+# NOTIFY when asked (something is pending again, or an ordered delivery ended).
+RECORD = (
+    "WITH o AS (SELECT * FROM unnest(%(id)b::int8[], %(state)b::text[], %(status)b::int4[],"
+    "  %(error)b::text[], %(retry_at)b::timestamptz[], %(attempt)b::int4[],"
+    "  %(started_at)b::timestamptz[], %(took_ms)b::float8[])"
+    "  AS o(id, state, status, error, retry_at, attempt, started_at, took_ms)),"
+    " done AS (UPDATE knfn_deliveries d SET state = o.state, last_status = o.status,"
+    "  leased = false, last_error = o.error,"
+    "  next_attempt_at = coalesce(o.retry_at, d.next_attempt_at),"
+    "  finished_at = CASE WHEN o.state = 'pending' THEN NULL ELSE %(now)s END,"
+    "  latency_ms = CASE WHEN o.state = 'delivered' THEN"
+    "   extract(epoch FROM %(now)s - e.accepted_at) * 1000 END"
+    "  FROM o, knfn_events e WHERE d.id = o.id AND e.id = d.event_id),"
+    f" wake AS (SELECT pg_notify('{CHANNEL}', '') WHERE %(notify)s)"
+    " INSERT INTO knfn_attempts"
+    " (delivery_id, attempt, outcome, status, error, started_at, latency_ms)"
+    " SELECT o.id, o.attempt, o.state, o.status, o.error, o.started_at, o.took_ms"
+    " FROM o LEFT JOIN wake ON true"
+)
+
+
+def _record_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "id": [o.delivery_id for o in outcomes],
+        "state": [o.state for o in outcomes],
+        "status": [o.status for o in outcomes],
+        "error": [o.error for o in outcomes],
+        "retry_at": [o.retry_at for o in outcomes],
+        "attempt": [o.attempt for o in outcomes],
+        "started_at": [o.started_at or now for o in outcomes],
+        "took_ms": [o.took_ms for o in outcomes],
+        "now": now,
+    }
+
+
 class EventStore:
     """Group-committing accepts, lease-based claims, and outcome recording."""
 
@@ -428,49 +465,17 @@ class EventStore:
         ended, so the next of its key may go)."""
         if not outcomes:
             return
-        now = datetime.now(UTC)
+        followups = [(o.delivery_id, f) for o in outcomes for f in o.followups]
+        replies = [r for o in outcomes for r in o.replies]
+        params = _record_params(outcomes)
+        params["notify"] = wake or bool(followups) or any(o.state == "pending" for o in outcomes)
+        if not followups and not replies and conn.autocommit:
+            # The common round: one statement, so one transaction and one round trip.
+            await conn.execute(RECORD, params)
+            return
         # Pipelined: the statements of the batch go out together, in one transaction.
         async with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
-            await cur.execute(
-                "UPDATE knfn_deliveries d SET state = o.state, last_status = o.status,"
-                " leased = false, last_error = o.error,"
-                " next_attempt_at = coalesce(o.retry_at, d.next_attempt_at),"
-                " finished_at = CASE WHEN o.state = 'pending' THEN NULL ELSE o.now END,"
-                " latency_ms = CASE WHEN o.state = 'delivered' THEN"
-                "   extract(epoch FROM o.now - e.accepted_at) * 1000 END"
-                " FROM unnest(%b::bigint[], %b::text[], %b::int[], %b::text[],"
-                "  %b::timestamptz[], %b::timestamptz[])"
-                "  AS o(id, state, status, error, retry_at, now),"
-                " knfn_events e"
-                " WHERE d.id = o.id AND e.id = d.event_id",
-                (
-                    [o.delivery_id for o in outcomes],
-                    [o.state for o in outcomes],
-                    [o.status for o in outcomes],
-                    [o.error for o in outcomes],
-                    [o.retry_at for o in outcomes],
-                    [now for _ in outcomes],
-                ),
-            )
-            # Every attempt, in the same statement batch: one insert however many ended together.
-            await cur.execute(
-                "INSERT INTO knfn_attempts"
-                " (delivery_id, attempt, outcome, status, error, started_at, latency_ms)"
-                " SELECT * FROM unnest(%b::bigint[], %b::int[], %b::text[], %b::int[],"
-                " %b::text[], %b::timestamptz[], %b::float8[])",
-                (
-                    [o.delivery_id for o in outcomes],
-                    [o.attempt for o in outcomes],
-                    [o.state for o in outcomes],
-                    [o.status for o in outcomes],
-                    [o.error for o in outcomes],
-                    [o.started_at or now for o in outcomes],
-                    [o.took_ms for o in outcomes],
-                ),
-            )
-            followups = [
-                (o.delivery_id, f) for o in outcomes for f in o.followups
-            ]  # fmt: skip
+            await cur.execute(RECORD, params)
             if followups:
                 await cur.execute(
                     "SELECT id, event_id, namespace, replay FROM knfn_deliveries"
@@ -486,11 +491,8 @@ class EventStore:
                         for d, f in followups
                     ],
                 )
-            replies = [r for o in outcomes for r in o.replies]
             if replies:
                 await _insert(cur, replies)  # notifies when the replies fan out
-            if wake or followups or any(o.state == "pending" for o in outcomes):
-                await cur.execute(f"NOTIFY {CHANNEL}")
 
     async def release(self, conn: psycopg.AsyncConnection[Any], ids: Sequence[int]) -> None:
         """Hand claimed deliveries back unattempted (an attempt cut short by a shutdown): due
