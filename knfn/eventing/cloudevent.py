@@ -493,7 +493,8 @@ def to_structured(event: Event) -> tuple[dict[str, str], bytes]:
 def encode_header_value(value: str) -> str:
     """An attribute value as an HTTP header value (http-protocol-binding.md 3.1.3.2)."""
     # Most values are printable ASCII without space, '"' or '%': unchanged (the hot path).
-    if value.isascii() and value.isprintable() and not any(c in value for c in ' "%'):
+    plain = value.isascii() and value.isprintable()
+    if plain and " " not in value and '"' not in value and "%" not in value:
         return value
     out: list[str] = []
     for char in value:
