@@ -22,11 +22,18 @@ answering 204 at once and noting the wall-clock time each event arrived. Against
    saturated, which is what a user waits;
 4. the baseline, in the same run and on the same embedded Postgres server knfn started (the
    knfn database, at KNFN_PG_PORT): one psycopg client inserting one row per commit
-   (synchronous_commit on), commits per second.
+   (synchronous_commit on), commits per second, with the client's and the server's CPU per
+   commit. Read it for what it is: one client waits for each commit's WAL flush, so its rate is
+   about one over the flush time (a disk figure: fast fsync, high baseline) and it leaves the
+   cores mostly idle, whereas delivered/s is bound by CPU: every event crosses the gateway, the
+   ingress, Postgres (insert, claim, outcome), a dispatcher and the subscriber.
 
-CPU per event (user + system) of knfn (its process and its dispatcher processes), of the Postgres
-server (postmaster and its
-backends) and of the subscriber during each loaded run says where the machine's cores went.
+CPU per delivered event (user + system) by process kind, during each loaded and paced run:
+knfn's own process (gateway, broker ingress, group commit), its dispatcher processes, the
+Postgres server (postmaster and backends), the subscriber, and wrk (the load generator, which
+shares the machine's cores with all of them); "cores busy" is their sum over the run's wall
+time. On a machine shared with other work, cores busy well under the machine's count means the
+others took the rest: compare runs by CPU per event rather than by rate.
 Timings are printed, never asserted.
 
     .venv/bin/python bench/eventing.py [--duration 6] [--connections 16,64] [--dispatchers 1,2]
