@@ -76,24 +76,15 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-# A dispatcher's writes (claims, leases, outcomes) commit without waiting for their WAL flush:
-# Postgres's asynchronous commit (docs: "Asynchronous Commit", wal-async-commit.html) keeps the
-# database consistent and may lose only the last few hundred ms of such commits in a crash of
-# the server. A claim or an outcome lost so is delivered again: at least once still holds, and
-# nothing ever waits on these commits but the dispatcher itself. The broker ingress's commit
-# (store.py accept) stays synchronous: its 202 promises the event is on disk.
-DISPATCH_SESSION = "-c synchronous_commit=off"
-
-
 def new_pool(url: str) -> AsyncConnectionPool[Any]:
     """A process's pool for the event store: autocommit connections (a claim is one statement;
-    outcomes open their own transaction) with asynchronous commit (DISPATCH_SESSION),
-    reconnected by the pool when the database comes back. Opened by ``async with``."""
+    outcomes open their own transaction), reconnected by the pool when the database comes back.
+    Opened by ``async with``."""
     return AsyncConnectionPool(
         url,
         min_size=2,
         max_size=4,
-        kwargs={"autocommit": True, "options": DISPATCH_SESSION},
+        kwargs={"autocommit": True},
         timeout=RECONNECT_SECONDS * 5,
         open=False,
         name="knfn-dispatch",
