@@ -318,10 +318,13 @@ class EventStore:
         """Create the schema and start the group committer."""
         async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
             await conn.execute(SCHEMA)
-            # One knfn runs against this database: leases of a previous run are void.
+            # One knfn runs against this database: leases of a previous run are void. Their
+            # attempts were cut short by a crash (a stop releases them: release), so, as there,
+            # the attempt the claim counted is taken back: a crash never uses up a retry. An
+            # attempt that did reach its subscriber is made once more (at least once).
             await conn.execute(
-                "UPDATE knfn_deliveries SET next_attempt_at = clock_timestamp(), leased = false"
-                " WHERE state = 'pending' AND leased"
+                "UPDATE knfn_deliveries SET next_attempt_at = clock_timestamp(), leased = false,"
+                " attempts = greatest(attempts - 1, 0) WHERE state = 'pending' AND leased"
             )
         self._committer = asyncio.create_task(self._commit_loop())
 
