@@ -19,7 +19,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml functions/kit/pyp
 	touch $(STAMP)
 
 dev: setup
-	$(BIN)/knfn dev
+	$(BIN)/knfn dev --watch
 
 # Knative's autoscale-go load on hello (50 clients, 30 s), then until it is back at zero;
 # uses the running `make dev` (or starts one) and writes .knfn/demo/autoscale.png.

@@ -2,4 +2,5 @@
 
 from knfn.cli import main
 
-main()
+if __name__ == "__main__":  # importing the module (as the packaging test does) runs nothing
+    main()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from knfn.backing import s3
 from knfn.backing.services import BackingEnv
 from knfn.errors import KnfnError
 from knfn.settings import Settings
@@ -51,7 +52,17 @@ def migrate(settings: Settings, backing: BackingEnv) -> list[str]:
 
 
 def buckets(backing: BackingEnv, names: list[str]) -> list[str]:
-    """Create the configured buckets that are missing; returns what was created."""
+    """Create the configured buckets that are missing; returns what was created.
+
+    A signed list first (knfn's own, :func:`knfn.backing.s3.bucket_names`): when every bucket
+    is there, as on every start after the first, the kit and boto3 are not imported at all.
+    """
+    creds = s3.Credentials(backing.s3_access_key, backing.s3_secret_key)
+    existing = s3.bucket_names(
+        backing.s3_endpoint_url, creds, timeout=5.0, region=backing.s3_region
+    )
+    if existing is not None and existing.issuperset(names):
+        return []
     with _needs_kit("buckets"):
         from kit import admin as kit_admin
 

@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from knfn import dashboard, events_api
 from knfn.metrics import REGISTRY
+from knfn.responses import json_error
 
 Status = Callable[[], Awaitable[dict[str, Any]]]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -47,12 +48,8 @@ async def loopback_hosts_only(
     """421 (Misdirected Request) for a Host that is not a loopback name."""
     host = request.headers.get("Host")
     if not is_loopback_host(host):
-        return web.json_response(
-            {
-                "error": f"host {host!r} is not served here; use 127.0.0.1 or localhost",
-                "host": host,
-            },
-            status=421,
+        return json_error(
+            421, f"host {host!r} is not served here; use 127.0.0.1 or localhost", host=host
         )
     return await handler(request)
 
@@ -91,7 +88,7 @@ async def same_origin_writes(
         request.headers.get("Content-Type", ""),
     )
     if why is not None:
-        return web.json_response({"error": why}, status=403)
+        return json_error(403, why)
     return await handler(request)
 
 

@@ -21,7 +21,9 @@ POLL_INTERVAL = 0.5
 # would be missed, which a local run does not reach.
 FOLLOW_WINDOW = 500
 COLUMNS = ("TIME", "EVENT", "TYPE", "TRIGGER", "STATE", "STATUS", "ATTEMPTS", "LATENCY")
-WIDTHS = (23, 24, 28, 28, 9, 6, 8, 0)
+# EVENT fits a UUID (36), the id the broker's sources, PingSource and `knfn invoke` give an
+# event, so the columns after it stay under their headers.
+WIDTHS = (23, 36, 28, 28, 9, 6, 8, 0)
 
 Delivery = Mapping[str, Any]
 

@@ -111,16 +111,30 @@ def autoscaler_config(m: manifests.Manifests, overrides: LocalOverrides) -> Auto
         raise KnfnError(f"ConfigMap knative-serving/config-autoscaler: {exc}") from exc
 
 
-async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
-    """Bring everything up, serve until SIGINT/SIGTERM, then shut down in reverse."""
-    m = manifests.load(settings.knative_dir, settings.functions_dir)
-    brokers = eventing_config.load(m, options.allow_not_ready_triggers)
+async def run(
+    settings: Settings,
+    options: DevOptions,
+    say: Printer,
+    started: services.Startup | None = None,
+) -> None:
+    """Bring everything up, serve until SIGINT/SIGTERM, then shut down in reverse.
+
+    started: the backing services' start when the caller began it already (the CLI does, before
+    its heavy imports); from here on this run stops what it started, whatever happens.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        m = manifests.load(settings.knative_dir, settings.functions_dir)
+        brokers = eventing_config.load(m, options.allow_not_ready_triggers)
+        scaler_cfg = autoscaler_config(m, options.autoscaler)
+    except BaseException:
+        if started is not None:
+            await loop.run_in_executor(None, _backing_down, settings, started)
+        raise
     for warning in m.warnings:
         say.line("knfn", f"warning: {warning}")
     for t in brokers.not_ready:
         say.line("knfn", f"Trigger {t.namespace}/{t.name} not ready ({t.reason}): {t.message}")
-    scaler_cfg = autoscaler_config(m, options.autoscaler)
-    loop = asyncio.get_running_loop()
 
     signals = Signals()
     stop = signals.stop
@@ -137,9 +151,11 @@ async def run(settings: Settings, options: DevOptions, say: Printer) -> None:
     #    Postgres (revision history, broker queues); S3 only has to be up before knfn is ready:
     #    the functions connect when they serve, and the buckets step waits for it.
     try:
-        startup = await loop.run_in_executor(
-            None, services.Startup, settings.backing, report, services.DEV
-        )
+        startup = started
+        if startup is None:
+            startup = await loop.run_in_executor(
+                None, services.Startup, settings.backing, report, services.DEV
+            )
     except BaseException:
         if root is not None:
             await root.stop()

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from knfn.errors import KnfnError
 from knfn.eventing.store import EventNotFound, ReplayRefused, StoreUnavailable
+from knfn.responses import json_error
 
 MAX_LIMIT = 10_000
 MAX_NUMBER = 2**63 - 1  # bigserial
@@ -84,7 +85,7 @@ def parse_replay(body: bytes) -> str | None:
 
 
 def _error(status: int, exc: Exception) -> web.Response:
-    return web.json_response({"error": str(exc)}, status=status)
+    return json_error(status, str(exc))
 
 
 async def _answer(work: Callable[[], Awaitable[web.Response]]) -> web.Response:

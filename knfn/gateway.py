@@ -4,12 +4,13 @@ Routes by Host header and by absolute-form (proxy) request line, so a function t
 ``http://query.default.svc.cluster.local`` through ``HTTP_PROXY`` reaches query. Unknown hosts get
 a 404 naming the known Services: the gateway is never an open proxy. Bodies stream both ways,
 chunk by chunk (server-sent events arrive as they are sent), and a WebSocket upgrade is tunnelled
-to the replica. Headers to the replica follow the queue-proxy's rules, and probes are answered
-here (knfn/serving/queue_proxy.py). Statuses as Knative's: 503 when the revision's queue is
-full, 504 when ``timeoutSeconds``, ``responseStartTimeoutSeconds`` or ``idleTimeoutSeconds``
-runs out before the response starts (all counted from the request's arrival, so the wait for a
-slot or a cold start counts, as in Knative's activator; the answer names the one), 502 when the
-replica fails. A timeout after the response has started ends it (see ``_stream``).
+to the replica (knfn/tunnel.py). Headers to the replica follow the queue-proxy's rules, and
+probes are answered here (knfn/serving/queue_proxy.py). Statuses as Knative's: 503 when the
+revision's queue is full, 504 when ``timeoutSeconds``, ``responseStartTimeoutSeconds`` or
+``idleTimeoutSeconds`` runs out before the response starts (all counted from the request's
+arrival, so the wait for a slot or a cold start counts, as in Knative's activator; the answer
+names the one), 502 when the replica fails. A timeout after the response has started ends it
+(see ``_stream``).
 
 Slow clients. A replica slot (containerConcurrency) is the scarce thing, so a request takes one
 only once its body is ready to go: the gateway first reads the body, up to ``BODY_BUFFER`` bytes,
@@ -28,8 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Protocol, TypeVar
@@ -40,7 +40,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from knfn import metrics, server
+from knfn import metrics, tunnel
+from knfn.responses import Handler, error_body, json_error
 from knfn.routing import Target, parse_host
 from knfn.serving import queue_proxy
 from knfn.serving.throttler import Overloaded, Throttler
@@ -49,8 +50,6 @@ from knfn.serving.throttler import Overloaded, Throttler
 # gunicorn closes an idle keep-alive connection after 2 s (its `keepalive` default), and a
 # request written to a connection the replica is closing fails with a 502 it never caused.
 REPLICA_KEEPALIVE = 1.0
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Read before a slot is taken: every CloudEvent and JSON body fits, and 200 slow clients at this
 # bound hold 50 MiB at most. Larger bodies (uploads) stream once this much has arrived.
@@ -63,8 +62,6 @@ NOT_ADDED = ("Accept", "Accept-Encoding", "User-Agent")
 # The request key of a response already under way (streaming, or an upgraded connection): once
 # its status line is out, that is the answer, whatever a timeout around it makes of the end.
 SENT = web.RequestKey("knfn.gateway.sent", web.StreamResponse)
-READ_SIZE = 64 * 1024
-TUNNEL_BUFFER = 1 << 20  # bytes from a WebSocket client held for a slower replica, at most
 
 
 class Backend(Protocol):
@@ -130,14 +127,14 @@ class Gateway:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         target = parse_host(request.url.host or request.host)
         if target is None:
-            return _error(404, f"no Knative Service for host {request.host!r}",
+            return json_error(404, f"no Knative Service for host {request.host!r}",
                           services=self._known())  # fmt: skip
         handler = self._local(target)
         if handler is not None:
             return await handler(request)
         backend = self._route(target)
         if backend is None:
-            return _error(
+            return json_error(
                 404, f"no Knative Service for host {request.host!r}", services=self._known()
             )
         probe = queue_proxy.probe_answer(
@@ -201,7 +198,7 @@ class Gateway:
                         async with asyncio.timeout_at(response_start):
                             endpoint = await throttler.acquire()
                     except Overloaded as exc:
-                        return _error(503, f"{backend.name}: {exc}")
+                        return json_error(503, f"{backend.name}: {exc}")
                     try:
                         return await self._forward(
                             request, backend, endpoint.url, body, clocks, response_start
@@ -280,7 +277,7 @@ class Gateway:
                 if start_clock.expired():
                     return _timed_out(backend.name, clocks.start_field, clocks.start or 0.0)
                 raise  # the request's own deadline: 504
-            return _error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
+            return json_error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
 
     async def _stream(
         self,
@@ -333,7 +330,7 @@ class Gateway:
         try:
             reader, writer = await asyncio.open_connection(url.host, url.port)
         except OSError as exc:
-            return _error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
+            return json_error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
         try:
             conn = h11.Connection(h11.CLIENT)
             head = [("Host", out.host), *out.headers]
@@ -346,11 +343,11 @@ class Gateway:
             writer.write(conn.send(h11.EndOfMessage()))
             try:
                 async with asyncio.timeout_at(response_start):
-                    event = await _answer(conn, reader)
+                    event = await tunnel.answer(conn, reader)
             except TimeoutError:
                 return _timed_out(backend.name, clocks.start_field, clocks.start or 0.0)
             if isinstance(event, h11.Response):
-                return await _relay(request, conn, reader, event)
+                return await tunnel.relay(request, conn, reader, event)
             response = web.StreamResponse(status=101, reason=event.reason.decode("latin-1"))
             for key, value in event.headers.raw_items():
                 response.headers.add(key.decode("latin-1"), value.decode("latin-1"))
@@ -358,13 +355,13 @@ class Gateway:
             await response.prepare(request)
             request[SENT] = response
             early, _ = conn.trailing_data
-            await _splice(request, response, reader, writer, early, clocks.idle)
+            await tunnel.splice(request, response, reader, writer, early, clocks.idle)
             return response
         except (h11.ProtocolError, ConnectionError, asyncio.IncompleteReadError) as exc:
             if request.get(SENT) is not None:
                 _cut(request)
                 return request[SENT]
-            return _error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
+            return json_error(502, f"{backend.name} failed: {exc.__class__.__name__}: {exc}")
         finally:
             writer.close()
 
@@ -395,15 +392,9 @@ class _Body:
 
 def _too_slow(message: str) -> web.Response:
     # The unread rest of the body makes the connection useless: close it after the answer.
-    response = _error(408, message)
+    response = json_error(408, message)
     response.force_close()
     return response
-
-
-def _error(status: int, message: str, **extra: object) -> web.Response:
-    return web.Response(
-        status=status, body=server.error_body(message, **extra), content_type="application/json"
-    )
 
 
 class _Refused(Exception):
@@ -460,7 +451,7 @@ class _Clocks:
 
 def _timed_out(name: str, field: str, limit: float) -> web.Response:
     """504 before the response started, naming the timeout that ran out and its value."""
-    return _error(504, f"{name}: {field} ({limit:g}s) ran out", timeout=field)
+    return json_error(504, f"{name}: {field} ({limit:g}s) ran out", timeout=field)
 
 
 def _timeout_message(backend: Backend) -> str:
@@ -474,7 +465,7 @@ async def _end(request: web.Request, response: web.StreamResponse, message: str)
     if response.content_length is not None:
         _cut(request)
         return
-    await response.write(server.error_body(message))
+    await response.write(error_body(message))
     await response.write_eof()
 
 
@@ -501,134 +492,3 @@ async def _aiter(items: Iterable[_T] | AsyncIterable[_T]) -> AsyncIterator[_T]:
     else:
         for item in items:
             yield item
-
-
-async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> object:
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        conn.receive_data(await reader.read(READ_SIZE))
-
-
-async def _answer(
-    conn: h11.Connection, reader: asyncio.StreamReader
-) -> h11.InformationalResponse | h11.Response:
-    """The replica's answer to an upgrade request: its 101, or the response that declines."""
-    while True:
-        event = await _next_event(conn, reader)
-        if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
-            continue  # 100 Continue
-        if isinstance(event, (h11.InformationalResponse, h11.Response)):
-            return event
-        raise h11.RemoteProtocolError(f"expected a response, got {event!r}")
-
-
-async def _relay(
-    request: web.Request, conn: h11.Connection, reader: asyncio.StreamReader, head: h11.Response
-) -> web.StreamResponse:
-    """A replica's answer to an upgrade it declined, as any other response."""
-    response = web.StreamResponse(status=head.status_code, reason=head.reason.decode("latin-1"))
-    raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers.raw_items()]
-    for key, value in queue_proxy.end_to_end(raw):
-        if key.lower() == "content-length":
-            response.content_length = int(value)
-        else:
-            response.headers.add(key, value)
-    await response.prepare(request)
-    while True:
-        event = await _next_event(conn, reader)
-        if isinstance(event, h11.Data):
-            await response.write(bytes(event.data))
-        elif isinstance(event, h11.EndOfMessage):
-            break
-        else:
-            raise h11.RemoteProtocolError(f"expected a body, got {event!r}")
-    await response.write_eof()
-    return response
-
-
-class _Tunnel:
-    """The bytes a client sends on its upgraded connection. aiohttp's server hands them to the
-    payload parser a handler installs (its WebSocket reader is one); this one queues them, and
-    stops reading the socket while the replica is slower than the client."""
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._chunks: deque[bytes] = deque()
-        self._size = 0
-        self._eof = False
-        self._paused = False
-        self._wakeup: asyncio.Event = asyncio.Event()
-
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        self._chunks.append(bytes(data))
-        self._size += len(data)
-        if self._size > TUNNEL_BUFFER and not self._paused:
-            self._paused = True
-            self._transport.pause_reading()
-        self._wakeup.set()
-        return False, b""
-
-    def feed_eof(self) -> None:
-        self._eof = True
-        self._wakeup.set()
-
-    async def read(self) -> bytes:
-        """The next bytes from the client; b"" once it has closed."""
-        while not self._chunks and not self._eof:
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        if not self._chunks:
-            return b""
-        data = self._chunks.popleft()
-        self._size -= len(data)
-        if self._paused and self._size <= TUNNEL_BUFFER // 2:
-            self._paused = False
-            self._transport.resume_reading()
-        return data
-
-
-async def _splice(
-    request: web.Request,
-    response: web.StreamResponse,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    early: bytes,
-    idle: float | None,
-) -> None:
-    """Bytes both ways between an upgraded client connection and the replica, until either side
-    closes, or nothing has passed either way for `idle` seconds; then both are closed."""
-    assert request.transport is not None
-    loop = asyncio.get_running_loop()
-    tunnel = _Tunnel(request.transport)
-    request.protocol.set_parser(tunnel)  # type: ignore[arg-type]
-    last = [loop.time()]
-
-    async def down() -> None:  # replica to client
-        if early:
-            await response.write(early)
-        while data := await reader.read(READ_SIZE):
-            last[0] = loop.time()
-            await response.write(data)
-
-    async def up() -> None:  # client to replica
-        while data := await tunnel.read():
-            last[0] = loop.time()
-            writer.write(data)
-            await writer.drain()
-
-    tasks = {asyncio.create_task(down()), asyncio.create_task(up())}
-    try:
-        while True:
-            wait = None if idle is None else last[0] + idle - loop.time()
-            if wait is not None and wait <= 0:
-                break
-            done, _ = await asyncio.wait(tasks, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            if done:
-                break
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        _cut(request)

@@ -15,7 +15,8 @@ with a warning in :attr:`Manifests.warnings`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,35 @@ class ManifestError(KnfnError):
     def __init__(self, path: Path, obj: str, fld: str, problem: str) -> None:
         super().__init__(f"{path}: {obj}: {fld}: {problem}")
         self.path, self.obj, self.field, self.problem = path, obj, fld, problem
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One object of the manifests, as every loader receives it: kind, namespace (defaulted to
+    ``default``, as the API server does), name, the file it came from and the whole document."""
+
+    kind: str
+    namespace: str
+    name: str
+    file: Path
+    document: Mapping[str, Any] = field(compare=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        """How errors name the object: ``Trigger on-upload``."""
+        return f"{self.kind} {self.name}"
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        return self.document.get("metadata") or {}
+
+    @property
+    def spec(self) -> Any:
+        """``spec`` as written (loaders check that it is an object)."""
+        return self.document.get("spec") or {}
+
+    def error(self, fld: str, problem: str) -> ManifestError:
+        return ManifestError(self.file, self.label, fld, problem)
 
 
 @dataclass(frozen=True)
@@ -91,12 +121,30 @@ class Manifests:
     services: tuple[Service, ...]
     config_maps: Mapping[tuple[str, str], Mapping[str, str]]
     secrets: Mapping[tuple[str, str], tuple[str, ...]]
-    others: tuple[tuple[Path, Mapping[str, Any]], ...]
+    # Every object of the manifests, in the order the kustomization lists them (the Services,
+    # ConfigMaps and Secrets modelled above too).
+    objects: tuple[Manifest, ...]
     # What Knative accepts and ignores, each naming file, object, field and value.
     warnings: tuple[str, ...] = ()
+    # K_SINK and K_CE_OVERRIDES per (namespace, Service), from the SinkBindings
+    # (knfn/eventing/sinkbinding.py), resolved once when the manifests are read.
+    sink_env: Mapping[tuple[str, str], Mapping[str, str]] = field(
+        default_factory=dict, compare=False
+    )
 
     def service(self, namespace: str, name: str) -> Service | None:
         return next((s for s in self.services if (s.namespace, s.name) == (namespace, name)), None)
+
+    def of_kind(self, kind: str) -> tuple[Manifest, ...]:
+        return tuple(o for o in self.objects if o.kind == kind)
+
+    def find(self, kind: str, namespace: str, name: str) -> Manifest | None:
+        """The object of that kind, namespace and name, if the manifests declare it."""
+        return self._index.get((kind, namespace, name))
+
+    @cached_property
+    def _index(self) -> dict[tuple[str, str, str], Manifest]:
+        return {(o.kind, o.namespace, o.name): o for o in self.objects}
 
 
 def load(base: Path, functions_dir: Path | None = None) -> Manifests:
@@ -111,7 +159,11 @@ def load(base: Path, functions_dir: Path | None = None) -> Manifests:
         if not path.is_file():
             raise ManifestError(kustomization, "Kustomization", "resources", f"{entry} not found")
         objects.extend((path, doc) for doc in _yaml_docs(path))
-    return _build(objects, functions_dir)
+    m = _build(objects, functions_dir)
+    # Imported here: eventing reads the objects of these manifests.
+    from knfn.eventing import sinkbinding
+
+    return replace(m, sink_env=sinkbinding.load(m))
 
 
 def _yaml_docs(path: Path) -> list[dict[str, Any]]:
@@ -130,7 +182,7 @@ def _build(objects: Iterable[tuple[Path, dict[str, Any]]], functions_dir: Path |
     config_maps: dict[tuple[str, str], Mapping[str, str]] = {}
     config_map_files: dict[tuple[str, str], Path] = {}
     secrets: dict[tuple[str, str], tuple[str, ...]] = {}
-    others: list[tuple[Path, Mapping[str, Any]]] = []
+    read: list[Manifest] = []
     for path, doc in objects:
         api, kind = str(doc.get("apiVersion", "")), str(doc.get("kind", ""))
         meta = doc.get("metadata") or {}
@@ -146,6 +198,7 @@ def _build(objects: Iterable[tuple[Path, dict[str, Any]]], functions_dir: Path |
         if not name:
             raise ManifestError(path, label, "metadata.name", "is required")
         namespace = str(meta.get("namespace") or "default")
+        read.append(Manifest(kind, namespace, name, path, doc))
         if kind == "Service":
             service_docs.append((path, label, name, namespace, doc))
         elif kind == "ConfigMap":
@@ -155,8 +208,6 @@ def _build(objects: Iterable[tuple[Path, dict[str, Any]]], functions_dir: Path |
         elif kind == "Secret":
             keys = {*(doc.get("stringData") or {}), *(doc.get("data") or {})}
             secrets[(namespace, name)] = tuple(sorted(str(k) for k in keys))
-        else:
-            others.append((path, doc))
     # Services last: their annotations are checked against config-autoscaler, as the webhook
     # checks them against the cluster's.
     try:
@@ -169,7 +220,7 @@ def _build(objects: Iterable[tuple[Path, dict[str, Any]]], functions_dir: Path |
         _service(path, label, name, namespace, doc, functions_dir, scaler, warnings)
         for path, label, name, namespace, doc in service_docs
     ]
-    return Manifests(tuple(services), config_maps, secrets, tuple(others), tuple(warnings))
+    return Manifests(tuple(services), config_maps, secrets, tuple(read), tuple(warnings))
 
 
 def _service(

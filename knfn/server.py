@@ -24,7 +24,6 @@ fixed here, in a subclass of aiohttp's per-connection ``RequestHandler``:
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from http import HTTPStatus
 from typing import Any
@@ -34,6 +33,8 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from hyperframe.frame import GoAwayFrame, SettingsFrame
+
+from knfn.responses import error_body, json_error
 
 HEADER_TIMEOUT = 60.0  # knative.dev/pkg network.NewServer: ReadHeaderTimeout
 TOO_LARGE = 431
@@ -49,11 +50,6 @@ def h2_refusal() -> bytes:
         additional_data=b"knfn serves HTTP/1.1 only (its replicas are gunicorn)",
     )  # fmt: skip
     return bytes(SettingsFrame(0).serialize() + goaway.serialize())
-
-
-def error_body(message: str, **extra: object) -> bytes:
-    """The JSON error body every knfn HTTP face answers with."""
-    return json.dumps({"error": message, **extra}).encode()
 
 
 def parse_error_status(exc: BaseException | None, status: int) -> int:
@@ -145,9 +141,7 @@ class _Protocol(RequestHandler):
             detail = exc.message if isinstance(exc, HttpProcessingError) else str(exc or message)
         if status == TOO_LARGE:
             detail = f"request header fields too large: {detail}"
-        response = web.Response(
-            status=status, body=error_body(detail), content_type="application/json"
-        )
+        response = json_error(status, detail)
         response.force_close()
         return response
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from knfn.backing.services import BackingConfig
+from knfn.backing.config import BackingConfig
 
 
 @dataclass(frozen=True)

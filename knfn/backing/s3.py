@@ -9,6 +9,8 @@ own variables: nothing here reads ``os.environ``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -18,9 +20,11 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from xml.etree import ElementTree
 
 from knfn import ports
 from knfn.backing import process
@@ -79,13 +83,71 @@ def client(endpoint: str, credentials: Credentials, *, timeout: float = 5.0) -> 
 
 def answers(endpoint: str, credentials: Credentials) -> bool:
     """True when the server at endpoint accepts these credentials (so it is ours, and up)."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    return bucket_names(endpoint, credentials) is not None
 
+
+def bucket_names(
+    endpoint: str, credentials: Credentials, timeout: float = 1.0, region: str = REGION
+) -> frozenset[str] | None:
+    """The buckets the server lists for these credentials (S3 ListBuckets, ``GET /``); None
+    when it does not answer or refuses them (or is not plain HTTP at its root: an external
+    endpoint may be neither, and its callers then fall back to boto3).
+
+    One signed request over http.client, not a boto3 client: boto3's import and client cost
+    a few hundred ms of CPU, and this runs on every poll while knfn starts. The request is
+    signed with AWS Signature Version 4 (:func:`sigv4_headers`).
+    """
+    parts = urlsplit(endpoint)
+    host = parts.netloc
+    headers = sigv4_headers("GET", host, "/", credentials, region, datetime.now(UTC))
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
     try:
-        client(endpoint, credentials, timeout=1.0).list_buckets()
-    except (BotoCoreError, ClientError):
-        return False
-    return True
+        conn.request("GET", "/", headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+    if resp.status != 200:
+        return None
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return None
+    # <ListAllMyBucketsResult><Buckets><Bucket><Name>, in the S3 namespace (or none).
+    return frozenset((el.text or "") for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Name")
+
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def sigv4_headers(
+    method: str, host: str, path: str, credentials: Credentials, region: str, now: datetime
+) -> dict[str, str]:
+    """The headers that sign a body-less request without a query string with AWS Signature
+    Version 4 for service s3 (the steps of AWS's "Create a signed AWS API request")."""
+    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+    day = amz_date[:8]
+    signed = {"host": host, "x-amz-content-sha256": EMPTY_SHA256, "x-amz-date": amz_date}
+    names = ";".join(sorted(signed))
+    canonical = "\n".join(
+        [method, path, "", *(f"{k}:{signed[k]}" for k in sorted(signed)), "", names, EMPTY_SHA256]
+    )
+    scope = f"{day}/{region}/s3/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    key = f"AWS4{credentials.secret_key}".encode()
+    for part in (day, region, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    return {
+        "x-amz-content-sha256": EMPTY_SHA256,
+        "x-amz-date": amz_date,
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
+        f"SignedHeaders={names}, Signature={signature}",
+    }
 
 
 def http_answers(endpoint: str, timeout: float = 2.0) -> bool:

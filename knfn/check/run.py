@@ -14,9 +14,6 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from knfn import manifests
 from knfn.check.config import secret_data
@@ -49,16 +46,6 @@ class CheckOptions:
     argv: tuple[str, ...] = (str(Path(sys.executable).parent / "functions-framework"),)
 
 
-def _raw_objects(base: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """Every object the kustomization lists, as written (manifests.load validated them)."""
-    listed = yaml.safe_load((base / "kustomization.yaml").read_text()).get("resources") or []
-    out = []
-    for entry in listed:
-        path = base / str(entry)
-        out += [(path, d) for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
-    return out
-
-
 def subjects(settings: Settings, names: Sequence[str]) -> tuple[manifests.Manifests, list[Subject]]:
     """The Services to check (all when names is empty), with their code and manifests."""
     m = manifests.load(settings.knative_dir, settings.functions_dir)
@@ -66,16 +53,10 @@ def subjects(settings: Settings, names: Sequence[str]) -> tuple[manifests.Manife
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UnknownServices(unknown, known)
-    raw = _raw_objects(settings.knative_dir)
     secrets = {
-        (str(d["metadata"].get("namespace") or "default"), str(d["metadata"]["name"])): (
-            path,
-            secret_data(d),
-        )
-        for path, d in raw
-        if d.get("kind") == "Secret"
+        (o.namespace, o.name): (o.file, secret_data(o.document)) for o in m.of_kind("Secret")
     }
-    jobs = tuple(str(d["metadata"]["name"]) for _, d in raw if d.get("kind") == "Job")
+    jobs = tuple(o.name for o in m.of_kind("Job"))
     chosen = [s for s in m.services if not names or s.name in names]
     return m, [
         Subject(s, FunctionSource.read(settings.functions_dir / s.name), secrets, jobs)

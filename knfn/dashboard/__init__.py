@@ -26,6 +26,8 @@ from functools import cache
 
 from aiohttp import web
 
+from knfn.responses import json_error
+
 STATIC = importlib.resources.files(__name__) / "static"
 # Files served from static/ and their types; nothing else is (no directory listing, no paths).
 FILES = {
@@ -64,7 +66,7 @@ def add_routes(app: web.Application) -> None:
         elif name in FILES:
             body, kind = _file(name), FILES[name]
         else:
-            return web.json_response({"error": f"no static file {name!r}"}, status=404)
+            return json_error(404, f"no static file {name!r}")
         return web.Response(
             body=body, content_type=kind, charset="utf-8", headers={"Cache-Control": "no-cache"}
         )

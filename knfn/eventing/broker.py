@@ -17,7 +17,6 @@ What becomes of a stored delivery (attempts, retries, dead letters): ``dispatche
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -32,6 +31,7 @@ from knfn.eventing.cloudevent import Event, InvalidEvent
 from knfn.eventing.config import EventingConfig
 from knfn.eventing.sending import pass_through
 from knfn.eventing.store import Accept, EventRejected, EventStore, NewDelivery, StoreUnavailable
+from knfn.responses import json_error
 
 DEFAULT_TTL = 255
 TTL = "knativebrokerttl"
@@ -72,12 +72,6 @@ def next_ttl(raw: str | None) -> int:
     if current is None:
         return DEFAULT_TTL
     return max(current - 1, 0)
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.Response(
-        status=status, text=json.dumps({"error": message}), content_type="application/json"
-    )
 
 
 def now_rfc3339() -> str:
@@ -145,23 +139,23 @@ class Ingress:
         if request.method == "OPTIONS":
             return web.Response(status=200, headers=WEBHOOK_ALLOWED)
         if request.method != "POST":
-            return _error(405, f"{request.method} is not allowed: the broker accepts POST")
+            return json_error(405, f"{request.method} is not allowed: the broker accepts POST")
         config = self._config()
         if len(parts) != 2 or (parts[0], parts[1]) not in config.brokers:
             known = sorted(f"/{ns}/{name}" for ns, name in config.brokers)
-            return _error(404, f"no broker at {request.path}; brokers: {known}")
+            return json_error(404, f"no broker at {request.path}; brokers: {known}")
         namespace, broker = parts
         try:
             body = await read_bounded(request, self._max_event_bytes)
         except EventTooLarge as exc:
-            return _error(413, str(exc))
+            return json_error(413, str(exc))
         try:
             event = cloudevent.from_http(request.headers, body)
         except InvalidEvent as exc:
-            return _error(400, str(exc))
+            return json_error(400, str(exc))
         ttl = next_ttl(event.attributes.get(TTL))
         if ttl <= 0:
-            return _error(
+            return json_error(
                 400,
                 f"{TTL} {event.attributes.get(TTL)!r} leaves {ttl} once lowered by one: "
                 "the event has looped through brokers too often",
@@ -175,9 +169,9 @@ class Ingress:
         try:
             await self._store.accept(item)
         except EventRejected as exc:
-            return _error(400, str(exc))
+            return json_error(400, str(exc))
         except StoreUnavailable as exc:
-            return _error(503, str(exc))
+            return json_error(503, str(exc))
         return web.Response(status=202)
 
 

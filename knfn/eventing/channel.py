@@ -19,7 +19,6 @@ brought it ends failed (or dead-lettered) with that 400, which ``knfn events`` s
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -34,6 +33,7 @@ from knfn.eventing.flows import Flow, Flows
 from knfn.eventing.sending import pass_through
 from knfn.eventing.store import Accept, EventRejected, StoreUnavailable
 from knfn.metrics import REGISTRY
+from knfn.responses import json_error
 from knfn.routing import parse_host
 
 ALLOW = {"Allow": "POST, OPTIONS"}
@@ -70,23 +70,25 @@ class FlowIngress:
         if request.method == "OPTIONS":
             return web.Response(status=200, headers=ALLOW)
         if request.method != "POST":
-            return _error(405, f"{request.method} is not allowed: a flow accepts POST", ALLOW)
+            return json_error(
+                405, f"{request.method} is not allowed: a flow accepts POST", headers=ALLOW
+            )
         target = parse_host(request.host)
         flows = self._flows()
         flow = flows.find(target.namespace, target.service) if target else None
         if flow is None:
             known = sorted(f.address for f in flows.all())
-            return _error(404, f"no Sequence or Parallel at {request.host}; flows: {known}")
+            return json_error(404, f"no Sequence or Parallel at {request.host}; flows: {known}")
         if request.path != "/":
-            return _error(400, f"{flow.address} takes events at /, not {request.path}")
+            return json_error(400, f"{flow.address} takes events at /, not {request.path}")
         try:
             body = await read_bounded(request, self._max_event_bytes)
         except EventTooLarge as exc:
-            return _error(413, str(exc))
+            return json_error(413, str(exc))
         try:
             event = cloudevent.from_http(request.headers, body)
         except InvalidEvent as exc:
-            return _error(400, str(exc))
+            return json_error(400, str(exc))
         sent = event.attributes.get(subscription.TTL)
         ttl = next_ttl(sent)
         if ttl <= 0:
@@ -97,9 +99,9 @@ class FlowIngress:
                 subscription.entry(flow, event, pass_through(request.headers.items()))
             )
         except EventRejected as exc:
-            return _error(400, str(exc))
+            return json_error(400, str(exc))
         except StoreUnavailable as exc:
-            return _error(503, str(exc))
+            return json_error(503, str(exc))
         return web.Response(status=202)
 
     def _drop(self, flow: Flow, attributes: Mapping[str, str], sent: str | None) -> web.Response:
@@ -113,16 +115,7 @@ class FlowIngress:
         )
         if self._report is not None:
             self._report(message)
-        return _error(400, message)
-
-
-def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        text=json.dumps({"error": message}),
-        content_type="application/json",
-        headers=headers,
-    )
+        return json_error(400, message)
 
 
 def status_of(

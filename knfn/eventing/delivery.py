@@ -1,4 +1,4 @@
-"""Delivery policy: destinations, retries, backoff and dead-letter extensions. Pure functions.
+"""Delivery policy: retries, backoff and dead-letter extensions (destinations: destinations.py).
 
 What each rule follows (knative/eventing):
 
@@ -37,10 +37,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
-from knfn.errors import KnfnError
-from knfn.routing import BROKER_INGRESS
+# Destinations are read by their own module; these names stay importable from here.
+from knfn.eventing.destinations import Destination as Destination
+from knfn.eventing.destinations import parse_destination as parse_destination
+from knfn.eventing.errors import DeliveryError as DeliveryError
+from knfn.eventing.errors import Problem
 
 POLICIES = ("exponential", "linear")
 FORMATS = ("json", "binary")
@@ -69,10 +71,6 @@ _DURATION = re.compile(
 )
 
 
-class DeliveryError(KnfnError, ValueError):
-    """A delivery spec or destination is invalid; the message names the field."""
-
-
 def parse_iso8601_duration(text: str) -> float:
     """Seconds in an ISO-8601 duration such as PT0.2S, PT1M or P1DT2H (ValueError otherwise)."""
     if not isinstance(text, str):
@@ -91,37 +89,6 @@ def parse_iso8601_duration(text: str) -> float:
 
 
 @dataclass(frozen=True)
-class Destination:
-    """A Knative Destination (knative.dev/pkg apis/duck/v1/destination.go): ref, uri or both."""
-
-    uri: str | None = None
-    ref_kind: str | None = None
-    ref_name: str | None = None
-    ref_namespace: str | None = None
-    ref_api_version: str | None = None
-
-    def url(self, namespace: str) -> str:
-        """The URL to POST to; a ref resolves in its own namespace, else in ``namespace``."""
-        if self.ref_kind is None:
-            if self.uri is None:
-                raise ValueError("the destination has neither a ref nor a uri")
-            return self.uri
-        ns = self.ref_namespace or namespace
-        group = (self.ref_api_version or "").rpartition("/")[0]
-        if self.ref_kind == "Service" and group in ("serving.knative.dev", ""):
-            base = f"http://{self.ref_name}.{ns}.svc.cluster.local"
-        elif self.ref_kind == "Broker" and group in ("eventing.knative.dev", ""):
-            base = f"{BROKER_INGRESS}/{ns}/{self.ref_name}"
-        else:
-            raise ValueError(
-                f"cannot deliver to a {self.ref_kind} ({self.ref_api_version}): only a Knative "
-                "Service, a Kubernetes Service or a Broker can be a destination here"
-            )
-        # With both, the uri is relative to the ref's address (AddressableFromDestinationV1).
-        return urljoin(base, self.uri) if self.uri else base
-
-
-@dataclass(frozen=True)
 class DeliverySpec:
     """spec.delivery of a Trigger or Broker; defaults are those of an empty ``delivery: {}``."""
 
@@ -137,88 +104,51 @@ class DeliverySpec:
 BROKER_DEFAULT = DeliverySpec(retry=10, backoff_policy="exponential", backoff_delay=0.2)
 
 
-def parse_destination(raw: Mapping[str, Any], where: str) -> Destination:
-    """A Destination from a manifest (``ref`` and/or ``uri``); DeliveryError names the field."""
-    if not isinstance(raw, Mapping):
-        raise DeliveryError(f"{where}: must be an object with a ref or a uri")
-    uri, ref = raw.get("uri"), raw.get("ref")
-    if uri is None and ref is None:
-        raise DeliveryError(f"{where}: needs a ref or a uri")
-    if uri is not None and (not isinstance(uri, str) or not uri):
-        raise DeliveryError(f"{where}.uri: must be a non-empty string")
-    if ref is None:
-        parts = urlsplit(str(uri))
-        if not parts.scheme or not parts.netloc:
-            raise DeliveryError(
-                f"{where}.uri: {uri!r} must be an absolute URL when there is no ref"
-            )
-        return Destination(uri=str(uri))
-    if not isinstance(ref, Mapping):
-        raise DeliveryError(f"{where}.ref: must be an object with kind, name and apiVersion")
-    fields: dict[str, str | None] = {}
-    for key in ("kind", "name", "apiVersion", "namespace"):
-        value = ref.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise DeliveryError(f"{where}.ref.{key}: must be a non-empty string")
-        if value is None and key != "namespace":
-            raise DeliveryError(f"{where}.ref.{key}: is required")
-        fields[key] = value
-    if uri is not None:
-        parts = urlsplit(str(uri))
-        if parts.scheme or parts.netloc:
-            raise DeliveryError(
-                f"{where}.uri: {uri!r} must be relative (a path) when a ref is given"
-            )
-    return Destination(
-        uri=uri,
-        ref_kind=fields["kind"],
-        ref_name=fields["name"],
-        ref_namespace=fields["namespace"],
-        ref_api_version=fields["apiVersion"],
-    )
-
-
 def parse_delivery(raw: Mapping[str, Any] | None, where: str) -> DeliverySpec | None:
     """spec.delivery (None when absent); DeliveryError lists every invalid field."""
     if raw is None:
         return None
     if not isinstance(raw, Mapping):
-        raise DeliveryError(f"{where}: must be an object")
+        raise DeliveryError.of(where, "must be an object")
     # Unknown fields were refused when the manifests were read (knfn/schema.py); retryAfterMax
     # is a known field there, but its feature is off.
-    problems: list[str] = []
+    problems: list[Problem] = []
     if "retryAfterMax" in raw:
         problems.append(
-            f"{where}.retryAfterMax: needs the delivery-retryafter feature, which is off"
+            Problem(f"{where}.retryAfterMax", "needs the delivery-retryafter feature, which is off")
         )
 
     retry = raw.get("retry", 0)
     if isinstance(retry, bool) or not isinstance(retry, int) or retry < 0:
-        problems.append(f"{where}.retry: {retry!r} must be a whole number >= 0")
+        problems.append(Problem(f"{where}.retry", f"{retry!r} must be a whole number >= 0"))
         retry = 0
 
     policy = raw.get("backoffPolicy")
     if policy is not None and policy not in POLICIES:
-        problems.append(f"{where}.backoffPolicy: {policy!r} must be exponential or linear")
+        problems.append(
+            Problem(f"{where}.backoffPolicy", f"{policy!r} must be exponential or linear")
+        )
 
     delay = _duration(raw.get("backoffDelay"), f"{where}.backoffDelay", problems)
     timeout = _duration(raw.get("timeout"), f"{where}.timeout", problems)
     if timeout == 0:
-        problems.append(f"{where}.timeout: {raw.get('timeout')!r} must be greater than zero")
+        problems.append(
+            Problem(f"{where}.timeout", f"{raw.get('timeout')!r} must be greater than zero")
+        )
 
     fmt = raw.get("format")
     if fmt is not None and fmt not in FORMATS:
-        problems.append(f"{where}.format: {fmt!r} must be json or binary")
+        problems.append(Problem(f"{where}.format", f"{fmt!r} must be json or binary"))
 
     sink: Destination | None = None
     if raw.get("deadLetterSink") is not None:
         try:
             sink = parse_destination(raw["deadLetterSink"], f"{where}.deadLetterSink")
         except DeliveryError as exc:
-            problems.append(str(exc))
+            problems.extend(exc.problems)
 
     if problems:
-        raise DeliveryError("; ".join(problems))
+        raise DeliveryError(problems)
     return DeliverySpec(
         retry=retry,
         backoff_policy=policy or "exponential",
@@ -230,13 +160,13 @@ def parse_delivery(raw: Mapping[str, Any] | None, where: str) -> DeliverySpec | 
     )
 
 
-def _duration(raw: Any, where: str, problems: list[str]) -> float | None:
+def _duration(raw: Any, where: str, problems: list[Problem]) -> float | None:
     if raw is None:
         return None
     try:
         return parse_iso8601_duration(raw)
     except ValueError as exc:
-        problems.append(f"{where}: {exc}")
+        problems.append(Problem(where, str(exc)))
         return None
 
 

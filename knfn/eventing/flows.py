@@ -55,16 +55,14 @@ which then re-runs step *i* under its own retry policy.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
 
-from knfn.eventing import delivery
-from knfn.eventing.delivery import DeliveryError, DeliverySpec, Destination
-from knfn.manifests import ManifestError, Manifests
+from knfn.eventing import delivery, destinations
+from knfn.eventing.delivery import DeliveryError, DeliverySpec
+from knfn.manifests import Manifest, ManifestError, Manifests
 
 FLOWS_GROUP = "flows.knative.dev"
 CHANNEL_SUFFIX = "-kn-channel"  # pkg/channel/references.go K8ServiceNameSuffix
@@ -89,12 +87,6 @@ def sequence_host(namespace: str, name: str) -> str:
 def parallel_host(namespace: str, name: str) -> str:
     """The host of the Parallel's address: its ingress channel's Service."""
     return f"{child_name(f'{name}-kn-parallel', CHANNEL_SUFFIX)}.{namespace}.svc.cluster.local"
-
-
-_HOSTS: dict[str, Callable[[str, str], str]] = {
-    "Sequence": sequence_host,
-    "Parallel": parallel_host,
-}
 
 
 # -- the flows and their hops ----------------------------------------------------------------
@@ -269,49 +261,10 @@ class Flows:
 # -- the manifests ---------------------------------------------------------------------------
 
 
-def destination_url(m: Manifests, dest: Destination, namespace: str) -> str:
-    """Where a Destination in ``namespace`` delivers; ValueError when it names nothing known.
-
-    Adds to :meth:`Destination.url` references to a Sequence or a Parallel (their address),
-    and checks that a Service, Broker, Sequence or Parallel it names is in the manifests.
-    """
-    if dest.ref_kind is None:
-        return dest.url(namespace)
-    ns, name = dest.ref_namespace or namespace, dest.ref_name or ""
-    group = (dest.ref_api_version or "").rpartition("/")[0]
-    if dest.ref_kind in _HOSTS and group == FLOWS_GROUP:
-        if not _declared(m, dest.ref_kind, ns, name):
-            raise ValueError(f"no {dest.ref_kind} {ns}/{name} in the manifests")
-        base = "http://" + _HOSTS[dest.ref_kind](ns, name)
-        return urljoin(base, dest.uri) if dest.uri else base
-    if dest.ref_kind == "Service" and m.service(ns, name) is None:
-        raise ValueError(f"no Service {ns}/{name} in the manifests")
-    if dest.ref_kind == "Broker" and not _declared(m, "Broker", ns, name):
-        raise ValueError(f"no Broker {ns}/{name} in the manifests")
-    return dest.url(namespace)
-
-
-def _declared(m: Manifests, kind: str, namespace: str, name: str) -> bool:
-    for _, doc in m.others:
-        meta = doc.get("metadata") or {}
-        if (doc.get("kind"), str(meta.get("namespace") or "default"), str(meta.get("name"))) == (
-            kind,
-            namespace,
-            name,
-        ):
-            return True
-    return False
-
-
 def load(m: Manifests) -> tuple[list[Sequence], list[Parallel]]:
     """The Sequences and Parallels of the manifests; ManifestError names file, object, field."""
-    sequences: list[Sequence] = []
-    parallels: list[Parallel] = []
-    for path, doc in m.others:
-        if doc.get("kind") == "Sequence":
-            sequences.append(_Loader(m, path, doc).sequence())
-        elif doc.get("kind") == "Parallel":
-            parallels.append(_Loader(m, path, doc).parallel())
+    sequences = [_Loader(m, obj).sequence() for obj in m.of_kind("Sequence")]
+    parallels = [_Loader(m, obj).parallel() for obj in m.of_kind("Parallel")]
     return sequences, parallels
 
 
@@ -325,18 +278,14 @@ class _Loader:
     """Validates one Sequence or Parallel (flows/v1 sequence_validation.go and
     parallel_validation.go, plus unknown fields, which the API server refuses)."""
 
-    def __init__(self, m: Manifests, path: Path, doc: Mapping[str, Any]) -> None:
-        meta = doc.get("metadata") or {}
-        self.m, self.path = m, path
-        self.kind = str(doc.get("kind"))
-        self.name = str(meta.get("name"))
-        self.namespace = str(meta.get("namespace") or "default")
-        self.spec = doc.get("spec") or {}
+    def __init__(self, m: Manifests, obj: Manifest) -> None:
+        self.m, self.obj = m, obj
+        self.name, self.namespace, self.spec = obj.name, obj.namespace, obj.spec
         if not isinstance(self.spec, Mapping):
             raise self.error("spec", "must be an object")
 
     def error(self, fld: str, problem: str) -> ManifestError:
-        return ManifestError(self.path, f"{self.kind} {self.name}", fld, problem)
+        return self.obj.error(fld, problem)
 
     def sequence(self) -> Sequence:
         self.must_be_object(self.spec, "spec")
@@ -385,27 +334,21 @@ class _Loader:
     def url(self, raw: Any, where: str) -> str:
         try:
             dest = delivery.parse_destination(raw, where)
+            return destinations.resolve(self.m, dest, self.namespace)
         except DeliveryError as exc:
-            raise self.error(*_split(str(exc), where)) from None
-        try:
-            return destination_url(self.m, dest, self.namespace)
-        except ValueError as exc:
-            raise self.error(where, str(exc)) from None
+            raise exc.at(self.obj) from None
 
     def delivery(self, raw: Mapping[str, Any], where: str) -> tuple[DeliverySpec, str | None]:
         try:
             spec = delivery.parse_delivery(raw.get("delivery"), f"{where}.delivery")
+            if spec is None:
+                return NO_DELIVERY, None
+            sink = spec.dead_letter_sink
+            return spec, None if sink is None else destinations.resolve(
+                self.m, sink, self.namespace
+            )
         except DeliveryError as exc:
-            raise self.error(*_split(str(exc), f"{where}.delivery")) from None
-        if spec is None:
-            return NO_DELIVERY, None
-        sink = spec.dead_letter_sink
-        if sink is None:
-            return spec, None
-        try:
-            return spec, destination_url(self.m, sink, self.namespace)
-        except ValueError as exc:
-            raise self.error(f"{where}.delivery.deadLetterSink", str(exc)) from None
+            raise exc.at(self.obj) from None
 
     def reply(self) -> str | None:
         if self.spec.get("reply") is None:
@@ -422,9 +365,3 @@ class _Loader:
         for key in ("apiVersion", "kind"):
             if not isinstance(template.get(key), str) or not template[key]:
                 raise self.error(f"spec.channelTemplate.{key}", "is required")
-
-
-def _split(message: str, default_field: str) -> tuple[str, str]:
-    """("spec.reply.uri", "must be ...") from the message "spec.reply.uri: must be ..."."""
-    fld, sep, problem = message.partition(": ")
-    return (fld, problem) if sep and " " not in fld else (default_field, message)

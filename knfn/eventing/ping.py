@@ -47,15 +47,15 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from knfn.eventing import cloudevent, delivery, flows
+from knfn.eventing import cloudevent, destinations
 from knfn.eventing.cloudevent import Event
 from knfn.eventing.cron import CronError, next_time, parse_schedule, zone_info
-from knfn.eventing.delivery import DeliveryError, Destination
+from knfn.eventing.destinations import Destination
+from knfn.eventing.errors import DeliveryError
 from knfn.eventing.sending import Sender
-from knfn.manifests import ManifestError, Manifests
+from knfn.manifests import Manifest, ManifestError, Manifests
 
 EVENT_TYPE = "dev.knative.sources.ping"
 DEFAULT_SCHEDULE = "* * * * *"
@@ -138,18 +138,12 @@ def rfc3339(moment: datetime) -> str:
 
 def load(m: Manifests) -> list[PingSource]:
     """Every PingSource of the manifests, validated; ManifestError names file, object, field."""
-    return [_ping_source(m, path, doc) for path, doc in m.others if doc.get("kind") == "PingSource"]
+    return [_ping_source(m, obj) for obj in m.of_kind("PingSource")]
 
 
-def _ping_source(m: Manifests, path: Path, doc: Mapping[str, Any]) -> PingSource:
-    meta = doc.get("metadata") or {}
-    name, namespace = str(meta.get("name")), str(meta.get("namespace") or "default")
-    label = f"PingSource {name}"
-
-    def fail(fld: str, problem: str) -> ManifestError:
-        return ManifestError(path, label, fld, problem)
-
-    spec = doc.get("spec") or {}
+def _ping_source(m: Manifests, obj: Manifest) -> PingSource:
+    name, namespace, fail = obj.name, obj.namespace, obj.error
+    spec = obj.spec
     if not isinstance(spec, Mapping):
         raise fail("spec", "must be an object")
     # Unknown fields were refused when the manifests were read (knfn/schema.py).
@@ -178,13 +172,10 @@ def _ping_source(m: Manifests, path: Path, doc: Mapping[str, Any]) -> PingSource
     if spec.get("sink") is None:
         raise fail("spec.sink", "is required")
     try:
-        sink = delivery.parse_destination(spec["sink"], "spec.sink")
+        sink = destinations.parse_destination(spec["sink"], "spec.sink")
+        sink_url = destinations.resolve(m, sink, namespace)
     except DeliveryError as exc:
-        raise fail(*_split(str(exc), "spec.sink")) from None
-    try:
-        sink_url = flows.destination_url(m, sink, namespace)
-    except ValueError as exc:
-        raise fail("spec.sink", str(exc)) from None
+        raise exc.at(obj) from None
 
     return PingSource(
         namespace, name, schedule, timezone, content_type, data, sink, sink_url,
@@ -258,12 +249,6 @@ def _ce_overrides(
             raise fail(where, f"{value!r} must be a string (quote it in YAML)")
         out[key.lower()] = value
     return tuple(sorted(out.items()))
-
-
-def _split(message: str, default_field: str) -> tuple[str, str]:
-    """("spec.sink.uri", "must be ...") from a message "spec.sink.uri: must be ..."."""
-    fld, sep, problem = message.partition(": ")
-    return (fld, problem) if sep and " " not in fld else (default_field, message)
 
 
 # -- the scheduler ---------------------------------------------------------------------------

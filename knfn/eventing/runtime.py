@@ -12,13 +12,13 @@ released, never counted as failed), PingSources, and the store.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import psycopg
 from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
 
 from knfn.eventing import broker, channel, ping, replay
 from knfn.eventing.channel import FlowIngress
@@ -26,9 +26,11 @@ from knfn.eventing.config import EventingConfig
 from knfn.eventing.sending import Gatewayed
 from knfn.eventing.store import EventStore, StoreUnavailable
 from knfn.eventing.worker import Dispatchers, DispatchOptions
-from knfn.gateway import Handler
 from knfn.manifests import Manifests
+from knfn.responses import Handler, json_error
 from knfn.routing import BROKER_INGRESS_TARGET, Target
+
+READ_TIMEOUT = 5.0  # seconds an admin read waits for a pooled connection
 
 
 class Eventing:
@@ -54,6 +56,14 @@ class Eventing:
         self._report = report
         self.flows: FlowIngress | None = None
         self.store = EventStore(database_url)
+        # The admin API's reads and replays (status, the event list and inspector): a few
+        # pooled connections rather than a connect per request (the dashboard polls /status).
+        # Waiting past READ_TIMEOUT raises PoolTimeout, an OperationalError: a 503 upstairs.
+        self._readers = AsyncConnectionPool(
+            database_url, min_size=0, max_size=2, open=False, timeout=READ_TIMEOUT,
+            kwargs={"autocommit": True, "connect_timeout": 2},
+            check=AsyncConnectionPool.check_connection,
+        )  # fmt: skip
         self.ingress = broker.Ingress(self.store, lambda: self.config, max_event_bytes)
         self._session: aiohttp.ClientSession | None = None
         self._stop = asyncio.Event()
@@ -67,6 +77,7 @@ class Eventing:
 
     async def start(self) -> None:
         await self.store.open()
+        await self._readers.open(wait=False)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
         )
@@ -107,6 +118,7 @@ class Eventing:
             released = await self.dispatchers.stop(grace, force)
         finally:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._readers.close()
             await self.store.close()
             if self._session is not None:
                 await self._session.close()
@@ -118,7 +130,7 @@ class Eventing:
 
     async def status(self) -> dict[str, Any]:
         try:
-            async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+            async with self._readers.connection() as conn:
                 counts = await self.store.counts(conn)
         except psycopg.Error:
             counts = {}
@@ -129,19 +141,19 @@ class Eventing:
         }
 
     async def events(self, limit: int) -> list[dict[str, Any]]:
-        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+        async with self._readers.connection() as conn:
             return await self.store.recent(conn, limit)
 
     async def event(self, number: int) -> dict[str, Any]:
         """One stored event with its deliveries and their attempts (the event inspector)."""
-        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+        async with self._readers.connection() as conn:
             return await self.store.detail(conn, number)
 
     async def replay(self, number: int, trigger: str | None) -> dict[str, Any]:
         """Deliver a stored event again to its broker's Triggers (knfn/eventing/replay.py)."""
         if self.draining:
             raise StoreUnavailable("knfn is shutting down: nothing is replayed")
-        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+        async with self._readers.connection() as conn:
             event = await self.store.stored(conn, number)
             deliveries = replay.targets(self.config, event, trigger)
             replay_number = await self.store.replay(conn, number, deliveries)
@@ -150,9 +162,8 @@ class Eventing:
 
 async def _refuse(request: web.Request) -> web.Response:
     """While knfn stops: nothing is accepted that could not be stored and delivered."""
-    return web.Response(
-        status=503,
-        text=json.dumps({"error": "knfn is shutting down: the broker accepts no more events"}),
-        content_type="application/json",
+    return json_error(
+        503,
+        "knfn is shutting down: the broker accepts no more events",
         headers={"Retry-After": "1"},
     )

@@ -2,10 +2,10 @@
 
 Order as in Kubernetes: ``envFrom`` sources in order, then ``env`` (which wins), then the
 runtime contract's variables (PORT, K_SERVICE, K_CONFIGURATION, K_REVISION), the SinkBinding's
-K_SINK / K_CE_OVERRIDES, and HOST, the address functions-framework binds. Secrets hold templates
-in the repository, never values: locally each key is filled from the running backing services,
-else from the user's environment, else with a random value generated once and kept in
-``.knfn/secrets.json``.
+K_SINK / K_CE_OVERRIDES (resolved when the manifests were read: eventing/sinkbinding.py), and
+HOST, the address functions-framework binds. Secrets hold templates in the repository, never
+values: locally each key is filled from the running backing services, else from the user's
+environment, else with a random value generated once and kept in ``.knfn/secrets.json``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from knfn.manifests import ManifestError, Manifests, Service
-from knfn.routing import BROKER_INGRESS
 
 # The address a replica listens on (functions-framework reads HOST; its default is 0.0.0.0).
 # In Knative the user container listens on every interface of its pod's own network namespace,
@@ -59,37 +57,6 @@ class SecretValues:
         return store[key]
 
 
-def sink_bindings(manifests: Manifests) -> dict[tuple[str, str], dict[str, str]]:
-    """K_SINK (and K_CE_OVERRIDES) per (namespace, Service) from the SinkBindings."""
-    out: dict[tuple[str, str], dict[str, str]] = {}
-    for path, doc in manifests.others:
-        if doc.get("kind") != "SinkBinding":
-            continue
-        meta, spec = doc.get("metadata") or {}, doc.get("spec") or {}
-        ns = str(meta.get("namespace") or "default")
-        label = f"SinkBinding {meta.get('name')}"
-        subject = spec.get("subject") or {}
-        if subject.get("kind") != "Service" or not subject.get("name"):
-            raise ManifestError(path, label, "spec.subject", "must name a Knative Service")
-        env = {"K_SINK": _sink_url(path, label, ns, spec.get("sink") or {})}
-        if spec.get("ceOverrides"):
-            env["K_CE_OVERRIDES"] = json.dumps(spec["ceOverrides"], separators=(",", ":"))
-        out[(str(subject.get("namespace") or ns), str(subject["name"]))] = env
-    return out
-
-
-def _sink_url(path: Path, label: str, ns: str, sink: Mapping[str, Any]) -> str:
-    if sink.get("uri"):
-        return str(sink["uri"])
-    ref = sink.get("ref") or {}
-    ref_ns = str(ref.get("namespace") or ns)
-    if ref.get("kind") == "Broker":
-        return f"{BROKER_INGRESS}/{ref_ns}/{ref.get('name')}"
-    if ref.get("kind") == "Service":
-        return f"http://{ref.get('name')}.{ref_ns}.svc.cluster.local"
-    raise ManifestError(path, label, "spec.sink", "needs uri, or a ref to a Broker or Service")
-
-
 def resolve(
     service: Service,
     manifests: Manifests,
@@ -123,7 +90,7 @@ def resolve(
                 )
             env.update({k: values.value(k) for k in keys or ()})
     env.update(dict(service.container.env))
-    env.update(sink_bindings(manifests).get((service.namespace, service.name), {}))
+    env.update(manifests.sink_env.get((service.namespace, service.name), {}))
     env.update(
         HOST=REPLICA_HOST,
         PORT=str(port),

@@ -217,8 +217,11 @@ class Template:
         message = wire.decode(first) if first else None
         if not isinstance(message, wire.Ready):
             _killpg(proc.pid)
-            reason = message.reason if isinstance(message, wire.Failed) else "exited"
-            raise TemplateError(f"cannot fork replicas ({reason}, code {await proc.wait()})")
+            code = await proc.wait()
+            if isinstance(message, wire.Failed):
+                # Its reason says it all; the exit code would be our own SIGKILL's (-9).
+                raise TemplateError(f"cannot fork replicas ({message.reason})")
+            raise TemplateError(f"cannot fork replicas (exited, code {code})")
         return asyncio.create_task(self._read(ours))
 
     async def _spawn(self) -> tuple[ReplicaProcess, socket.socket]:

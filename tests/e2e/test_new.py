@@ -21,8 +21,8 @@ from tests.support import KNFN, REPO, DevRun, binary, knfn_dev, request
 
 pytestmark = pytest.mark.slow
 
-HTTP = "greeter"
-EVENTS = "order-sink"
+HTTP = "welcome"
+EVENTS = "order-audit"
 EVENT_TYPE = "com.example.order.created"
 KUBECTL = Path(sys.executable).parent / "kubectl"
 INSTALLED = (mc.External("ConfigMap", "config-br-default-channel", "knative-eventing"),)
@@ -107,7 +107,7 @@ def test_manifests_render_and_pass_the_checks(both: Path) -> None:
     for objs in renders.values():
         assert mc.find(objs, "Service", HTTP, mc.SERVING) is not None
         assert mc.find(objs, "Service", EVENTS, mc.SERVING) is not None
-        trigger = mc.find(objs, "Trigger", "order-sink-order-created", mc.EVENTING)
+        trigger = mc.find(objs, "Trigger", "order-audit-order-created", mc.EVENTING)
         assert trigger is not None
         assert trigger["spec"]["filter"]["attributes"] == {"type": EVENT_TYPE}
         assert trigger["spec"]["subscriber"]["ref"]["name"] == EVENTS
@@ -132,7 +132,7 @@ def test_manifests_render_and_pass_the_checks(both: Path) -> None:
         ),
     ]
     assert problems == []
-    assert "dev.local/knfn/greeter:dev" in [image for _, image in mc.images(dev)]
+    assert "dev.local/knfn/welcome:dev" in [image for _, image in mc.images(dev)]
     loaded = manifests.load(both / "knative" / "base", both / "functions")
     assert {HTTP, EVENTS} <= {s.name for s in loaded.services}
 
@@ -162,7 +162,7 @@ def running(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def test_dev_serves_the_http_function_at_its_knative_host(running: DevRun) -> None:
-    """`knfn dev` on the project serves the new function at greeter.default.localhost."""
+    """`knfn dev` on the project serves the new function at welcome.default.localhost."""
     port = running.port
     status, _, body = request(port, "GET", "/?name=Ada", host=f"{HTTP}.default.localhost")
     assert status == 200, body

@@ -265,6 +265,7 @@ def test_a_function_that_cannot_be_forked_gets_spawned_replicas(
         assert "fork unsafe" in out.getvalue() and "echo-idler" in out.getvalue()
     else:
         assert "told to fail at import" in out.getvalue()
+    assert "code -9" not in out.getvalue()  # knfn's own SIGKILL is not the function's failure
 
 
 def test_a_forked_replica_is_ready_on_its_ready_byte_and_answers_at_once() -> None:

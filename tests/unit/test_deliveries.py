@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,18 @@ def test_a_line_has_time_id_type_trigger_state_status_attempts_latency() -> None
     ]  # fmt: skip
     assert line(delivery("e-2")).split()[-3:] == ["-", "0", "-"]
     assert header().split()[0] == "TIME"
+
+
+def test_columns_stay_under_their_headers_with_a_uuid_event_id() -> None:
+    """An event id as long as a UUID leaves every later column where its header is."""
+    row = delivery(str(uuid.uuid4()), "delivered", attempts=1, last_status=204, latency_ms=5)
+    got, head = line(row), header()
+    for column, value in (
+        ("TYPE", "demo"),
+        ("TRIGGER", "event-display-all"),
+        ("STATE", "delivered"),
+    ):
+        assert got.index(f" {value} ") + 1 == head.index(column)
 
 
 def test_a_delivery_is_printed_when_new_and_again_when_it_moves_on() -> None:

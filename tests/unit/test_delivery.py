@@ -1,4 +1,5 @@
-"""Delivery policy: durations, destinations, specs, backoff, retryable codes, dead letters."""
+"""Delivery policy: durations, specs, backoff, retryable codes, dead letters (destinations:
+test_destinations.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from knfn.eventing.delivery import (
     effective,
     is_retryable,
     parse_delivery,
-    parse_destination,
     parse_iso8601_duration,
 )
 
@@ -56,90 +56,6 @@ def test_invalid_durations_raise_value_error(text: str) -> None:
     """Anything that is not a non-negative ISO-8601 duration is a ValueError."""
     with pytest.raises(ValueError, match="not an ISO-8601 duration"):
         parse_iso8601_duration(text)
-
-
-# -- destinations ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("raw", "namespace", "url"),
-    [
-        ({"uri": "http://example.com/hook"}, "default", "http://example.com/hook"),
-        (
-            {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "hello"}},
-            "default",
-            "http://hello.default.svc.cluster.local",
-        ),
-        (
-            {
-                "ref": {
-                    "apiVersion": "serving.knative.dev/v1",
-                    "kind": "Service",
-                    "name": "hello",
-                    "namespace": "shop",
-                },
-            },
-            "default",
-            "http://hello.shop.svc.cluster.local",
-        ),
-        (
-            {
-                "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "h"},
-                "uri": "/my-custom-path",
-            },
-            "ns",
-            "http://h.ns.svc.cluster.local/my-custom-path",
-        ),
-        (
-            {"ref": {"apiVersion": "v1", "kind": "Service", "name": "plain"}},
-            "ns",
-            "http://plain.ns.svc.cluster.local",
-        ),
-        (
-            {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "default"}},
-            "shop",
-            "http://broker-ingress.knative-eventing.svc.cluster.local/shop/default",
-        ),
-    ],
-)
-def test_destination_urls(raw: dict[str, Any], namespace: str, url: str) -> None:
-    """A uri as is; a Service or Broker ref resolved as Knative does; a uri relative to a ref."""
-    assert parse_destination(raw, "spec.subscriber").url(namespace) == url
-
-
-def test_unsupported_ref_kinds_are_a_value_error() -> None:
-    """Sequence, Parallel and other addressables are not resolved yet."""
-    ref = {"apiVersion": "flows.knative.dev/v1", "kind": "Sequence", "name": "seq"}
-    destination = parse_destination({"ref": ref}, "spec.subscriber")
-    with pytest.raises(ValueError, match="cannot deliver to a Sequence"):
-        destination.url("default")
-
-
-@pytest.mark.parametrize(
-    ("raw", "message"),
-    [
-        ({}, "spec.subscriber: needs a ref or a uri"),
-        ("http://x", "spec.subscriber: must be an object"),
-        ({"uri": "/relative"}, "spec.subscriber.uri: '/relative' must be an absolute URL"),
-        ({"uri": ""}, "spec.subscriber.uri: must be a non-empty string"),
-        ({"ref": "hello"}, "spec.subscriber.ref: must be an object"),
-        ({"ref": {"kind": "Service", "name": "h"}}, "spec.subscriber.ref.apiVersion: is required"),
-        ({"ref": {"apiVersion": "v1", "kind": "Service"}}, "spec.subscriber.ref.name: is required"),
-        (
-            {"ref": {"apiVersion": "v1", "kind": "Service", "name": ""}},
-            "spec.subscriber.ref.name: must be a non-empty string",
-        ),
-        (
-            {"ref": {"apiVersion": "v1", "kind": "Service", "name": "h"}, "uri": "http://x/y"},
-            "spec.subscriber.uri: 'http://x/y' must be relative",
-        ),
-    ],
-)
-def test_invalid_destinations_name_the_field(raw: Any, message: str) -> None:
-    """Neither ref nor uri, a relative uri alone, an incomplete ref are DeliveryErrors."""
-    with pytest.raises(DeliveryError) as info:
-        parse_destination(raw, "spec.subscriber")
-    assert message in str(info.value)
 
 
 # -- delivery specs --------------------------------------------------------------------------

@@ -145,7 +145,7 @@ def test_non_cloudevent_body_is_a_failure_and_a_reply_event_re_enters(tmp_path: 
     ("old", "new", "field"),
     [
         ("broker: default", "broker: missing", "spec.broker"),
-        ("retry: 2", "retry: -1", "spec.delivery"),
+        ("retry: 2", "retry: -1", "spec.delivery.retry"),
         ("filter: {attributes: {type: demo}}", "filters: [{cesql: 'type ='}]", "spec.filter(s)"),
         ("subscriber: {uri: 'http://subscriber.example/'}",
          "subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: nope}}",

@@ -34,6 +34,10 @@ kind: Secret
 metadata: {name: creds, namespace: default}
 stringData: {DATABASE_URL: change-me, API_TOKEN: change-me}
 ---
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default, namespace: default}
+---
 apiVersion: sources.knative.dev/v1
 kind: SinkBinding
 metadata: {name: echo-sink, namespace: default}

@@ -64,7 +64,7 @@ def project(tmp_path: Path) -> Path:
 # ---- names ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["a", "greeter", "order-sink", "a1", "x" * 63, "a--b"])
+@pytest.mark.parametrize("name", ["a", "welcome", "order-audit", "a1", "x" * 63, "a--b"])
 def test_valid_names(name: str) -> None:
     """DNS-1035 labels of up to 63 characters are Service names."""
     assert scaffold.name_problem(name) is None
@@ -75,7 +75,7 @@ def test_valid_names(name: str) -> None:
     [
         ("", "empty"),
         ("x" * 64, "64 characters long"),
-        ("Greeter", "DNS-1035"),
+        ("Welcome", "DNS-1035"),
         ("1st", "DNS-1035"),
         ("-a", "DNS-1035"),
         ("a-", "DNS-1035"),
@@ -93,7 +93,7 @@ def test_invalid_names_say_why(name: str, fragment: str) -> None:
     ("service", "event_type", "trigger"),
     [
         ("pinger", "dev.knfn.pinger.requested", "pinger-requested"),
-        ("order-sink", "com.example.order.created", "order-sink-order-created"),
+        ("order-audit", "com.example.order.created", "order-audit-order-created"),
         ("catalog", "dev.knfn.object.stored", "catalog-object-stored"),
         ("a", "Weird Type!", "a-weird-type"),
         ("a", "...", "a-events"),
@@ -153,17 +153,17 @@ def test_add_resource_refuses_flow_style_and_missing_list() -> None:
 def test_add_image_copies_the_shape_of_the_last_function_image() -> None:
     """The new entry copies the last knfn/* entry (newName prefix, placeholder digest) and goes
     right after it; other entries and comments are untouched."""
-    text = scaffold.add_image(OVERLAY, "knfn/greeter")
+    text = scaffold.add_image(OVERLAY, "knfn/welcome")
     images = yaml.safe_load(text)["images"]
     assert [i["name"] for i in images] == [
         "knfn/hello",
         "knfn/query",
-        "knfn/greeter",
+        "knfn/welcome",
         "quay.io/minio/minio",
     ]
     assert images[2] == {
-        "name": "knfn/greeter",
-        "newName": "registry.example.com/knfn/greeter",
+        "name": "knfn/welcome",
+        "newName": "registry.example.com/knfn/welcome",
         "digest": "sha256:0000",
     }
     assert "# Images: comment kept." in text
@@ -179,14 +179,14 @@ def test_add_image_skips_overlays_without_function_images_or_with_this_one() -> 
 
 def test_repository_overlays_get_the_image(project: Path) -> None:
     """Both of the repository's overlays map a new function's image like the others'."""
-    plan = scaffold.plan(project, "greeter", "http")
+    plan = scaffold.plan(project, "welcome", "http")
     dev = yaml.safe_load(plan.changed[Path("knative/overlays/dev/kustomization.yaml")])
     prod = yaml.safe_load(plan.changed[Path("knative/overlays/prod/kustomization.yaml")])
-    assert {"name": "knfn/greeter", "newName": "dev.local/knfn/greeter", "newTag": "dev"} in (
+    assert {"name": "knfn/welcome", "newName": "dev.local/knfn/welcome", "newTag": "dev"} in (
         dev["images"]
     )
     assert any(
-        i["name"] == "knfn/greeter" and i["digest"].startswith("sha256:") for i in prod["images"]
+        i["name"] == "knfn/welcome" and i["digest"].startswith("sha256:") for i in prod["images"]
     )
 
 
@@ -196,41 +196,45 @@ def test_repository_overlays_get_the_image(project: Path) -> None:
 def test_http_plan_files(project: Path) -> None:
     """An HTTP function: four files in its folder, a Service, and the three kustomizations
     edited, the base one last (so a watcher sees the Service once its files exist)."""
-    plan = scaffold.plan(project, "greeter", "http")
+    plan = scaffold.plan(project, "welcome", "http")
     assert sorted(map(str, plan.created)) == [
-        "functions/greeter/README.md",
-        "functions/greeter/main.py",
-        "functions/greeter/requirements.txt",
-        "functions/greeter/tests/test_greeter.py",
-        "knative/base/service-greeter.yaml",
+        "functions/welcome/README.md",
+        "functions/welcome/main.py",
+        "functions/welcome/requirements.txt",
+        "functions/welcome/tests/test_welcome.py",
+        "knative/base/service-welcome.yaml",
     ]
     assert list(plan.changed)[-1] == Path("knative/base/kustomization.yaml")
-    service = yaml.safe_load(plan.created[Path("knative/base/service-greeter.yaml")])
+    service = yaml.safe_load(plan.created[Path("knative/base/service-welcome.yaml")])
     container = service["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == "knfn/greeter:dev"
-    assert {"name": "FUNCTION_TARGET", "value": "greeter"} in container["env"]
-    assert "def greeter(request" in plan.created[Path("functions/greeter/main.py")]
+    assert container["image"] == "knfn/welcome:dev"
+    assert {"name": "FUNCTION_TARGET", "value": "welcome"} in container["env"]
+    assert "def welcome(request" in plan.created[Path("functions/welcome/main.py")]
     assert (plan.event_type, plan.trigger) == (None, None)
 
 
 def test_cloudevent_plan_has_a_trigger_on_the_chosen_type(project: Path) -> None:
     """A consumer gets a Trigger on the default broker filtering on --type, subscribing it;
     the hyphenated name becomes an underscored Python target."""
-    plan = scaffold.plan(project, "order-sink", "cloudevent", "com.example.order.created")
+    plan = scaffold.plan(project, "order-audit", "cloudevent", "com.example.order.created")
     trigger = yaml.safe_load(
-        plan.created[Path("knative/base/trigger-order-sink-order-created.yaml")]
+        plan.created[Path("knative/base/trigger-order-audit-order-created.yaml")]
     )
     assert trigger["spec"] == {
         "broker": "default",
         "filter": {"attributes": {"type": "com.example.order.created"}},
         "subscriber": {
-            "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "order-sink"}
+            "ref": {
+                "apiVersion": "serving.knative.dev/v1",
+                "kind": "Service",
+                "name": "order-audit",
+            }
         },
     }
-    main = plan.created[Path("functions/order-sink/main.py")]
-    assert "def order_sink(event: CloudEvent)" in main
+    main = plan.created[Path("functions/order-audit/main.py")]
+    assert "def order_audit(event: CloudEvent)" in main
     listed = yaml.safe_load(plan.changed[Path("knative/base/kustomization.yaml")])["resources"]
-    assert {"service-order-sink.yaml", "trigger-order-sink-order-created.yaml"} <= set(listed)
+    assert {"service-order-audit.yaml", "trigger-order-audit-order-created.yaml"} <= set(listed)
 
 
 def test_cloudevent_default_type(project: Path) -> None:
@@ -245,8 +249,8 @@ def test_requirements_pin_what_the_repository_functions_pin(project: Path) -> No
     def pins(text: str) -> list[str]:
         return [x for x in text.splitlines() if x and not x.startswith("#")]
 
-    plan = scaffold.plan(project, "greeter", "http")
-    made = plan.created[Path("functions/greeter/requirements.txt")]
+    plan = scaffold.plan(project, "welcome", "http")
+    made = plan.created[Path("functions/welcome/requirements.txt")]
     assert pins(made) == pins((REPO / "functions/hello/requirements.txt").read_text())
 
 
@@ -281,17 +285,17 @@ def test_a_service_defined_without_its_folder_is_taken(project: Path) -> None:
 def test_not_a_project_is_refused(tmp_path: Path) -> None:
     """Without knative/base/kustomization.yaml there is nothing to register in."""
     with pytest.raises(ScaffoldError, match=r"is .* a knfn project"):
-        scaffold.plan(tmp_path, "greeter", "http")
+        scaffold.plan(tmp_path, "welcome", "http")
 
 
 def test_write_creates_files_and_never_overwrites(project: Path) -> None:
     """write makes every planned file; a plan made before someone else created one of its
     files fails and removes what it had made, leaving the kustomization as it was."""
-    plan = scaffold.plan(project, "greeter", "http")
+    plan = scaffold.plan(project, "welcome", "http")
     other = scaffold.plan(project, "second", "http")
     written = scaffold.write(project, plan)
     assert set(written) == set(plan.created) | set(plan.changed)
-    assert (project / "functions/greeter/tests/test_greeter.py").is_file()
+    assert (project / "functions/welcome/tests/test_welcome.py").is_file()
 
     before = (project / "knative/base/kustomization.yaml").read_text()
     (project / "functions/second").mkdir()
