@@ -24,6 +24,7 @@ The headers of a delivery, as knative/eventing sends them (pure functions here):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -105,6 +106,16 @@ SendResult = tuple[int | None, Mapping[str, str], bytes, str | None]
 Sender = Callable[[str, Mapping[str, str], bytes, float | None], Awaitable[SendResult]]
 
 
+@functools.lru_cache(maxsize=1024)
+def _route(url: str, gateway: str) -> tuple[str, str | None]:
+    """Where a request to url goes, and the Host it names: a cluster URL to the gateway (by
+    its host), any other as it is. Cached: a dispatcher sends to a few URLs, over and over."""
+    parsed = URL(url)
+    if parsed.host and parse_host(parsed.host) is not None:
+        return gateway + parsed.path_qs, parsed.host
+    return url, None
+
+
 @dataclass(frozen=True)
 class Gatewayed:
     """Sends deliveries: cluster URLs through the gateway (by Host header), others directly."""
@@ -115,12 +126,10 @@ class Gatewayed:
     async def __call__(
         self, url: str, headers: Mapping[str, str], body: bytes, timeout: float | None
     ) -> SendResult:
-        target = url
+        target, host = _route(url, self.gateway)
         send_headers = dict(headers)
-        parsed = URL(url)
-        if parsed.host and parse_host(parsed.host) is not None:
-            target = self.gateway + parsed.path_qs
-            send_headers["Host"] = parsed.host
+        if host is not None:
+            send_headers["Host"] = host
         try:
             async with self.session.post(
                 target,

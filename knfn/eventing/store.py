@@ -187,34 +187,59 @@ def _connect_error(exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"the broker's database is unavailable: {exc}")
 
 
+# The events and their deliveries in one statement: ids drawn first (in order), then both
+# inserts, the NOTIFY when there are deliveries, and the ids as the result. In autocommit it is
+# one transaction and one round trip, however many events the group holds. Parameters go in
+# binary (%b): text arrays would be quoted element by element, a regex per value.
+INSERT_EVENTS = (
+    "WITH ids AS MATERIALIZED (SELECT array_agg(id) AS a FROM"
+    "  (SELECT nextval('knfn_events_id_seq') AS id FROM generate_series(1, %(count)s)) s),"
+    " events AS (INSERT INTO knfn_events (id, namespace, broker, attributes, data, headers)"
+    "  SELECT (SELECT a FROM ids)[e.n], e.namespace, e.broker, e.attributes, e.data, e.headers"
+    "  FROM unnest(%(namespace)b::text[], %(broker)b::text[], %(attributes)b::jsonb[],"
+    "   %(data)b::bytea[], %(headers)b::jsonb[]) WITH ORDINALITY"
+    "   AS e(namespace, broker, attributes, data, headers, n)),"
+    " deliveries AS (INSERT INTO knfn_deliveries"
+    "  (event_id, namespace, trigger, kind, destination, extensions, replay, order_key, flow_hop)"
+    "  SELECT (SELECT a FROM ids)[d.n], d.namespace, d.trigger, d.kind, d.destination,"
+    "   d.extensions, d.replay, d.order_key, d.flow_hop"
+    "  FROM unnest(%(d_event)b::int8[], %(d_namespace)b::text[], %(d_trigger)b::text[],"
+    "   %(d_kind)b::text[], %(d_destination)b::text[], %(d_extensions)b::jsonb[],"
+    "   %(d_replay)b::int4[], %(d_order_key)b::text[], %(d_flow_hop)b::text[])"
+    "   AS d(n, namespace, trigger, kind, destination, extensions, replay, order_key, flow_hop)),"
+    f" wake AS (SELECT pg_notify('{CHANNEL}', '') WHERE %(notify)s)"
+    " SELECT unnest(ids.a) FROM ids LEFT JOIN wake ON true"
+)
+
+
+def _insert_params(accepts: Sequence[Accept]) -> dict[str, Any]:
+    """The parameters of INSERT_EVENTS for these accepts (deliveries keep their order)."""
+    rows = [(n, a, d) for n, a in enumerate(accepts, 1) for d in a.deliveries]
+    return {
+        "count": len(accepts),
+        "namespace": [a.namespace for a in accepts],
+        "broker": [a.broker for a in accepts],
+        "attributes": [Jsonb(a.attributes) for a in accepts],
+        "data": [a.data for a in accepts],
+        "headers": [Jsonb(dict(a.headers)) for a in accepts],
+        "d_event": [n for n, _, _ in rows],
+        "d_namespace": [a.namespace for _, a, _ in rows],
+        "d_trigger": [d.trigger for _, _, d in rows],
+        "d_kind": [d.kind for _, _, d in rows],
+        "d_destination": [d.destination for _, _, d in rows],
+        "d_extensions": [Jsonb(d.extensions) for _, _, d in rows],
+        "d_replay": [d.replay for _, _, d in rows],
+        "d_order_key": [d.order_key for _, _, d in rows],
+        "d_flow_hop": [d.flow_hop for _, _, d in rows],
+        "notify": bool(rows),
+    }
+
+
 async def _insert(cur: psycopg.AsyncCursor[Any], accepts: Sequence[Accept]) -> list[int]:
-    ids = [
-        row[0]
-        for row in await (
-            await cur.execute(
-                "SELECT nextval('knfn_events_id_seq') FROM generate_series(1, %s)",
-                (len(accepts),),
-            )
-        ).fetchall()
-    ]
-    await cur.execute(
-        "INSERT INTO knfn_events (id, namespace, broker, attributes, data, headers)"
-        " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::jsonb[], %s::bytea[],"
-        " %s::jsonb[])",
-        (
-            ids,
-            [a.namespace for a in accepts],
-            [a.broker for a in accepts],
-            [Jsonb(a.attributes) for a in accepts],
-            [a.data for a in accepts],
-            [Jsonb(dict(a.headers)) for a in accepts],
-        ),
-    )
-    await _insert_deliveries(
-        cur,
-        [(eid, a.namespace, d) for eid, a in zip(ids, accepts, strict=True) for d in a.deliveries],
-    )
-    return ids
+    """Store the events with their deliveries (NOTIFY included when there are any); their
+    ids, in order."""
+    await cur.execute(INSERT_EVENTS, _insert_params(accepts))
+    return [row[0] for row in await cur.fetchall()]
 
 
 async def _insert_deliveries(
@@ -226,8 +251,8 @@ async def _insert_deliveries(
         "INSERT INTO knfn_deliveries"
         " (event_id, namespace, trigger, kind, destination, extensions, replay, order_key,"
         " flow_hop)"
-        " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],"
-        " %s::jsonb[], %s::int[], %s::text[], %s::text[])",
+        " SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],"
+        " %b::jsonb[], %b::int[], %b::text[], %b::text[])",
         (
             [r[0] for r in rows],
             [r[1] for r in rows],
@@ -240,6 +265,43 @@ async def _insert_deliveries(
             [r[2].flow_hop for r in rows],
         ),
     )
+
+
+# The outcomes of a round of attempts: each delivery's new state and its attempt's row, and the
+# NOTIFY when asked (something is pending again, or an ordered delivery ended).
+RECORD = (
+    "WITH o AS (SELECT * FROM unnest(%(id)b::int8[], %(state)b::text[], %(status)b::int4[],"
+    "  %(error)b::text[], %(retry_at)b::timestamptz[], %(attempt)b::int4[],"
+    "  %(started_at)b::timestamptz[], %(took_ms)b::float8[])"
+    "  AS o(id, state, status, error, retry_at, attempt, started_at, took_ms)),"
+    " done AS (UPDATE knfn_deliveries d SET state = o.state, last_status = o.status,"
+    "  leased = false, last_error = o.error,"
+    "  next_attempt_at = coalesce(o.retry_at, d.next_attempt_at),"
+    "  finished_at = CASE WHEN o.state = 'pending' THEN NULL ELSE %(now)s END,"
+    "  latency_ms = CASE WHEN o.state = 'delivered' THEN"
+    "   extract(epoch FROM %(now)s - e.accepted_at) * 1000 END"
+    "  FROM o, knfn_events e WHERE d.id = o.id AND e.id = d.event_id),"
+    f" wake AS (SELECT pg_notify('{CHANNEL}', '') WHERE %(notify)s)"
+    " INSERT INTO knfn_attempts"
+    " (delivery_id, attempt, outcome, status, error, started_at, latency_ms)"
+    " SELECT o.id, o.attempt, o.state, o.status, o.error, o.started_at, o.took_ms"
+    " FROM o LEFT JOIN wake ON true"
+)
+
+
+def _record_params(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "id": [o.delivery_id for o in outcomes],
+        "state": [o.state for o in outcomes],
+        "status": [o.status for o in outcomes],
+        "error": [o.error for o in outcomes],
+        "retry_at": [o.retry_at for o in outcomes],
+        "attempt": [o.attempt for o in outcomes],
+        "started_at": [o.started_at or now for o in outcomes],
+        "took_ms": [o.took_ms for o in outcomes],
+        "now": now,
+    }
 
 
 class EventStore:
@@ -256,10 +318,13 @@ class EventStore:
         """Create the schema and start the group committer."""
         async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
             await conn.execute(SCHEMA)
-            # One knfn runs against this database: leases of a previous run are void.
+            # One knfn runs against this database: leases of a previous run are void. Their
+            # attempts were cut short by a crash (a stop releases them: release), so, as there,
+            # the attempt the claim counted is taken back: a crash never uses up a retry. An
+            # attempt that did reach its subscriber is made once more (at least once).
             await conn.execute(
-                "UPDATE knfn_deliveries SET next_attempt_at = clock_timestamp(), leased = false"
-                " WHERE state = 'pending' AND leased"
+                "UPDATE knfn_deliveries SET next_attempt_at = clock_timestamp(), leased = false,"
+                " attempts = greatest(attempts - 1, 0) WHERE state = 'pending' AND leased"
             )
         self._committer = asyncio.create_task(self._commit_loop())
 
@@ -346,16 +411,16 @@ class EventStore:
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._writer is None or self._writer.closed:
-            self._writer = await psycopg.AsyncConnection.connect(self._url, connect_timeout=2)
+            self._writer = await psycopg.AsyncConnection.connect(
+                self._url, connect_timeout=2, autocommit=True
+            )
         return self._writer
 
     async def _commit(self, accepts: Sequence[Accept]) -> list[int]:
+        """One statement, so one transaction in autocommit: stored whole or not at all."""
         conn = await self._connection()
-        async with conn.transaction(), conn.cursor() as cur:
-            ids = await _insert(cur, accepts)
-            if any(a.deliveries for a in accepts):
-                await cur.execute(f"NOTIFY {CHANNEL}")
-        return ids
+        async with conn.cursor() as cur:
+            return await _insert(cur, accepts)
 
     # -- dispatch ------------------------------------------------------------------------------
     async def claim(
@@ -403,49 +468,17 @@ class EventStore:
         ended, so the next of its key may go)."""
         if not outcomes:
             return
-        now = datetime.now(UTC)
+        followups = [(o.delivery_id, f) for o in outcomes for f in o.followups]
+        replies = [r for o in outcomes for r in o.replies]
+        params = _record_params(outcomes)
+        params["notify"] = wake or bool(followups) or any(o.state == "pending" for o in outcomes)
+        if not followups and not replies and conn.autocommit:
+            # The common round: one statement, so one transaction and one round trip.
+            await conn.execute(RECORD, params)
+            return
         # Pipelined: the statements of the batch go out together, in one transaction.
         async with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
-            await cur.execute(
-                "UPDATE knfn_deliveries d SET state = o.state, last_status = o.status,"
-                " leased = false, last_error = o.error,"
-                " next_attempt_at = coalesce(o.retry_at, d.next_attempt_at),"
-                " finished_at = CASE WHEN o.state = 'pending' THEN NULL ELSE o.now END,"
-                " latency_ms = CASE WHEN o.state = 'delivered' THEN"
-                "   extract(epoch FROM o.now - e.accepted_at) * 1000 END"
-                " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[],"
-                "  %s::timestamptz[], %s::timestamptz[])"
-                "  AS o(id, state, status, error, retry_at, now),"
-                " knfn_events e"
-                " WHERE d.id = o.id AND e.id = d.event_id",
-                (
-                    [o.delivery_id for o in outcomes],
-                    [o.state for o in outcomes],
-                    [o.status for o in outcomes],
-                    [o.error for o in outcomes],
-                    [o.retry_at for o in outcomes],
-                    [now for _ in outcomes],
-                ),
-            )
-            # Every attempt, in the same statement batch: one insert however many ended together.
-            await cur.execute(
-                "INSERT INTO knfn_attempts"
-                " (delivery_id, attempt, outcome, status, error, started_at, latency_ms)"
-                " SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::int[],"
-                " %s::text[], %s::timestamptz[], %s::float8[])",
-                (
-                    [o.delivery_id for o in outcomes],
-                    [o.attempt for o in outcomes],
-                    [o.state for o in outcomes],
-                    [o.status for o in outcomes],
-                    [o.error for o in outcomes],
-                    [o.started_at or now for o in outcomes],
-                    [o.took_ms for o in outcomes],
-                ),
-            )
-            followups = [
-                (o.delivery_id, f) for o in outcomes for f in o.followups
-            ]  # fmt: skip
+            await cur.execute(RECORD, params)
             if followups:
                 await cur.execute(
                     "SELECT id, event_id, namespace, replay FROM knfn_deliveries"
@@ -461,11 +494,8 @@ class EventStore:
                         for d, f in followups
                     ],
                 )
-            replies = [r for o in outcomes for r in o.replies]
             if replies:
-                await _insert(cur, replies)
-            if wake or followups or replies or any(o.state == "pending" for o in outcomes):
-                await cur.execute(f"NOTIFY {CHANNEL}")
+                await _insert(cur, replies)  # notifies when the replies fan out
 
     async def release(self, conn: psycopg.AsyncConnection[Any], ids: Sequence[int]) -> None:
         """Hand claimed deliveries back unattempted (an attempt cut short by a shutdown): due
