@@ -22,7 +22,9 @@ import psycopg
 from aiohttp import web
 
 from knfn.errors import KnfnError
-from knfn.eventing.store import EventNotFound, ReplayRefused, StoreUnavailable
+from knfn.eventing.history import EventNotFound
+from knfn.eventing.replay import ReplayRefused
+from knfn.eventing.store import StoreUnavailable
 from knfn.responses import json_error
 
 MAX_LIMIT = 10_000

@@ -18,10 +18,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from knfn.errors import KnfnError
 from knfn.eventing.broker import fan_out
 from knfn.eventing.cloudevent import Event
 from knfn.eventing.config import EventingConfig
-from knfn.eventing.store import NewDelivery, ReplayRefused, StoredEvent
+from knfn.eventing.history import StoredEvent
+from knfn.eventing.store import NewDelivery
+
+
+class ReplayRefused(KnfnError):
+    """The event cannot be replayed as asked (no Trigger of its broker takes it): 409."""
 
 
 def targets(

@@ -20,7 +20,7 @@ import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from knfn.eventing import broker, channel, ping, replay
+from knfn.eventing import broker, channel, history, ping, replay
 from knfn.eventing.channel import FlowIngress
 from knfn.eventing.config import EventingConfig
 from knfn.eventing.sending import Gatewayed
@@ -131,7 +131,7 @@ class Eventing:
     async def status(self) -> dict[str, Any]:
         try:
             async with self._readers.connection() as conn:
-                counts = await self.store.counts(conn)
+                counts = await history.counts(conn)
         except psycopg.Error:
             counts = {}
         dropped = self.flows.dropped if self.flows is not None else {}
@@ -142,21 +142,21 @@ class Eventing:
 
     async def events(self, limit: int) -> list[dict[str, Any]]:
         async with self._readers.connection() as conn:
-            return await self.store.recent(conn, limit)
+            return await history.recent(conn, limit)
 
     async def event(self, number: int) -> dict[str, Any]:
         """One stored event with its deliveries and their attempts (the event inspector)."""
         async with self._readers.connection() as conn:
-            return await self.store.detail(conn, number)
+            return await history.detail(conn, number)
 
     async def replay(self, number: int, trigger: str | None) -> dict[str, Any]:
         """Deliver a stored event again to its broker's Triggers (knfn/eventing/replay.py)."""
         if self.draining:
             raise StoreUnavailable("knfn is shutting down: nothing is replayed")
         async with self._readers.connection() as conn:
-            event = await self.store.stored(conn, number)
+            event = await history.stored(conn, number)
             deliveries = replay.targets(self.config, event, trigger)
-            replay_number = await self.store.replay(conn, number, deliveries)
+            replay_number = await history.replay(conn, number, deliveries)
         return replay.summary(number, replay_number, deliveries)
 
 

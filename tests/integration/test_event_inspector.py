@@ -16,12 +16,14 @@ import pytest
 from knfn import manifests
 from knfn.backing import services
 from knfn.eventing import config as eventing_config
-from knfn.eventing import replay
+from knfn.eventing import history, replay
 from knfn.eventing.broker import fan_out
 from knfn.eventing.cloudevent import Event
 from knfn.eventing.dispatcher import Dispatcher
+from knfn.eventing.history import EventNotFound
+from knfn.eventing.replay import ReplayRefused
 from knfn.eventing.sending import SendResult
-from knfn.eventing.store import Accept, EventNotFound, EventStore, ReplayRefused
+from knfn.eventing.store import Accept, EventStore
 
 EVENTING = """\
 apiVersion: eventing.knative.dev/v1
@@ -94,7 +96,7 @@ def test_attempts_dead_letters_and_replay(
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             async with asyncio.timeout(15):
                 while True:
-                    detail = await store.detail(conn, number)
+                    detail = await history.detail(conn, number)
                     states = [d["state"] for d in detail["deliveries"]]
                     if len(states) == deliveries and "pending" not in states:
                         return detail
@@ -115,18 +117,18 @@ def test_attempts_dead_letters_and_replay(
         try:
             first = await settled(store, number, 4)  # ok, flaky, broken, broken's dead letter
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-                stored = await store.stored(conn, number)
+                stored = await history.stored(conn, number)
                 with pytest.raises(ReplayRefused, match="others"):
                     replay.targets(config, stored, "others")  # its filter refuses type x
                 with pytest.raises(ReplayRefused, match="not a Trigger"):
                     replay.targets(config, stored, "nope")
                 with pytest.raises(EventNotFound):
-                    await store.detail(conn, 2**62)
+                    await history.detail(conn, 2**62)
                 again = replay.targets(config, stored)
-                assert await store.replay(conn, number, again) == 1
+                assert await history.replay(conn, number, again) == 1
                 answer = replay.summary(number, 2, replay.targets(config, stored, "ok"))
                 assert answer["deliveries"] == [{"trigger": "ok", "destination": "http://ok.test/"}]
-                assert await store.replay(conn, number, replay.targets(config, stored, "ok")) == 2
+                assert await history.replay(conn, number, replay.targets(config, stored, "ok")) == 2
             second = await settled(store, number, 4 + 4 + 1)
             recent = [r for r in await _recent(store, url) if r["event"] == number]
         finally:
@@ -165,4 +167,4 @@ def test_attempts_dead_letters_and_replay(
 
 async def _recent(store: EventStore, url: str) -> list[dict[str, Any]]:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        return await store.recent(conn, 50)
+        return await history.recent(conn, 50)

@@ -12,7 +12,8 @@ from knfn import manifests
 from knfn.admin_api import cross_origin_refusal
 from knfn.eventing import config as eventing_config
 from knfn.eventing import replay
-from knfn.eventing.store import DATA_SHOWN, ReplayRefused, StoredEvent, assemble, show_data
+from knfn.eventing.history import DATA_SHOWN, StoredEvent, assemble, show_data
+from knfn.eventing.replay import ReplayRefused
 from knfn.events_api import BadRequest, parse_limit, parse_number, parse_replay
 
 HOST = "127.0.0.1:8081"
