@@ -3,14 +3,15 @@
 A revision template's channel (template_wire.py) and the root template's (template_root_wire.py)
 carry one message per datagram of a ``SOCK_SEQPACKET`` socket pair (so no framing): a frozen
 dataclass as a JSON object of its fields and a ``type`` naming its class. Each channel names
-its message classes, its error and how a field's value is checked; the rest is here.
+its message classes, its error and how a field's value is checked; the rest is here, with the
+two messages both servers send alike (``Failed``, ``Exited``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -24,6 +25,22 @@ Check = Callable[[Any], bool]
 # A field's value as JSON gave it -> the value to build the message with; raises the
 # channel's error, naming the field, when it cannot.
 Convert = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Failed:
+    """server -> knfn, instead of its first message: it cannot fork (an import error, threads
+    started at import)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Exited:
+    """server -> knfn: a child was reaped; returncode as asyncio reports it (-N for signal N)."""
+
+    pid: int
+    returncode: int
 
 
 def is_int(value: Any) -> bool:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from knfn.serving import control_wire
+from knfn.serving.control_wire import Exited as Exited  # messages of this channel too
+from knfn.serving.control_wire import Failed as Failed
 
 MAX_MESSAGE = control_wire.MAX_MESSAGE
 # Read by the interpreter as it starts (locale, encodings, paths, buffering, hashing) or by
@@ -57,13 +59,6 @@ class Preloaded:
 
 
 @dataclass(frozen=True)
-class Failed:
-    """root -> knfn: it cannot fork templates (threads at import, a broken preload)."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
 class Spawned:
     id: int
     pid: int
@@ -73,14 +68,6 @@ class Spawned:
 class SpawnFailed:
     id: int
     reason: str
-
-
-@dataclass(frozen=True)
-class Exited:
-    """A template was reaped; returncode as asyncio reports it (-N for signal N)."""
-
-    pid: int
-    returncode: int
 
 
 Message = Spawn | Preloaded | Failed | Spawned | SpawnFailed | Exited

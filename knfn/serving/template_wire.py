@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from knfn.serving import control_wire
+from knfn.serving.control_wire import Exited as Exited  # messages of this channel too
+from knfn.serving.control_wire import Failed as Failed
 
 # Values that differ from one replica of a revision to the next (the runtime contract's PORT).
 PER_REPLICA = frozenset({"PORT"})
@@ -76,13 +78,6 @@ class Ready:
 
 
 @dataclass(frozen=True)
-class Failed:
-    """template -> knfn: it cannot fork replicas (import error, threads at import)."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
 class Forked:
     id: int
     pid: int
@@ -92,14 +87,6 @@ class Forked:
 class ForkFailed:
     id: int
     reason: str
-
-
-@dataclass(frozen=True)
-class Exited:
-    """A replica was reaped; returncode as asyncio reports it (-N for signal N)."""
-
-    pid: int
-    returncode: int
 
 
 Message = Fork | Ready | Failed | Forked | ForkFailed | Exited
