@@ -160,6 +160,29 @@ class ForkServerClient(Generic[M]):
             self._printer.line(self.name, raw.decode("utf-8", "replace").rstrip("\n"))
 
 
+class ServerProcess(Protocol):
+    """What stop_server uses of a fork server's process (an asyncio subprocess has it)."""
+
+    @property
+    def pid(self) -> int: ...
+    async def wait(self) -> int: ...
+
+
+async def stop_server(
+    control: socket.socket | None, process: ServerProcess | None, timeout: float
+) -> None:
+    """1. Close the channel (the server exits; children left die with it), 2. wait up to
+    timeout, 3. SIGKILL its group."""
+    if control is not None:
+        with contextlib.suppress(OSError):
+            control.shutdown(socket.SHUT_WR)
+    if process is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), timeout)
+        killpg(process.pid)
+        await process.wait()
+
+
 async def send_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
     """data with fds attached, on a non-blocking socket (waiting while it is full)."""
     loop = asyncio.get_running_loop()

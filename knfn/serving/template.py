@@ -40,7 +40,7 @@ from knfn.errors import KnfnError
 from knfn.logs import Printer
 from knfn.ports import free_port
 from knfn.serving import template_wire as wire
-from knfn.serving.fork_client import ForkServerClient, killpg, pipe_reader
+from knfn.serving.fork_client import ForkServerClient, killpg, pipe_reader, stop_server
 from knfn.serving.replica_records import ReplicaRecords
 
 if TYPE_CHECKING:
@@ -390,14 +390,7 @@ class Template:
         self.state = "stopped"
         self._settled.set()
         self._drop_spare()
-        if self._control is not None:
-            with contextlib.suppress(OSError):
-                self._control.shutdown(socket.SHUT_WR)
-        if self._proc is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._proc.wait(), STOP_TIMEOUT)
-            killpg(self._proc.pid)
-            await self._proc.wait()
+        await stop_server(self._control, self._proc, STOP_TIMEOUT)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -17,7 +17,6 @@ variable the root's imports depended on (template_root_wire.conflicts).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from knfn.logs import Printer
 from knfn.serving import template_root_wire as wire
-from knfn.serving.fork_client import ForkServerClient, killpg, pipe_reader
+from knfn.serving.fork_client import ForkServerClient, killpg, pipe_reader, stop_server
 from knfn.serving.replica_env import PASSTHROUGH
 from knfn.serving.template import ForkedProcess, TemplateError
 
@@ -184,14 +183,7 @@ class TemplateRoot:
         3. SIGKILL. The templates are stopped by their owners first."""
         self.state = "stopped"
         self._settled.set()
-        if self._control is not None:
-            with contextlib.suppress(OSError):
-                self._control.shutdown(socket.SHUT_WR)
-        if self._proc is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._proc.wait(), STOP_TIMEOUT)
-            killpg(self._proc.pid)
-            await self._proc.wait()
+        await stop_server(self._control, self._proc, STOP_TIMEOUT)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
