@@ -5,8 +5,9 @@ Both servers answer a request with the child's pid (or why not), report each chi
 and take their children with them when they die (parent-death signal). The client matches
 replies to the requests waiting for them, hands each exit to its child's ``ForkedProcess`` (an
 exit that comes before the reply's child is known is kept for it), kills a child whose request
-gave up waiting, and copies the server's own output to the printer. What a request is, and
-when to make one, is its owner's.
+gave up waiting, and copies the server's own output to the printer; start_server and
+stop_server start and stop either server's process. What a request is, and when to make one,
+is its owner's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import itertools
 import os
 import signal
 import socket
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from knfn.logs import Printer
@@ -158,6 +161,30 @@ class ForkServerClient(Generic[M]):
             if not raw:
                 return
             self._printer.line(self.name, raw.decode("utf-8", "replace").rstrip("\n"))
+
+
+async def start_server(
+    args: Sequence[str], env: Mapping[str, str], cwd: Path, *, root: bool = False
+) -> tuple[asyncio.subprocess.Process, socket.socket]:
+    """``python -P -m knfn.serving.template_main [--root] CONTROL_FD PARENT_PID *args``: a
+    template (root: the root template) in its own session, its output piped; with knfn's end
+    of its control socket."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-P", "-m", "knfn.serving.template_main", *(["--root"] if root else []),
+            str(theirs.fileno()), str(os.getpid()), *args,
+            cwd=cwd, env=env, pass_fds=(theirs.fileno(),),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return proc, ours
 
 
 class ServerProcess(Protocol):

@@ -40,7 +40,13 @@ from knfn.errors import KnfnError
 from knfn.logs import Printer
 from knfn.ports import free_port
 from knfn.serving import template_wire as wire
-from knfn.serving.fork_client import ForkServerClient, killpg, pipe_reader, stop_server
+from knfn.serving.fork_client import (
+    ForkServerClient,
+    killpg,
+    pipe_reader,
+    start_server,
+    stop_server,
+)
 from knfn.serving.replica_records import ReplicaRecords
 
 if TYPE_CHECKING:
@@ -223,22 +229,7 @@ class Template:
 
     async def _spawn(self) -> tuple[ReplicaProcess, socket.socket]:
         """The template started as a process of its own; knfn's end of its control socket."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setblocking(False)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-P", "-m", "knfn.serving.template_main",
-                str(theirs.fileno()), str(os.getpid()), self._script,
-                cwd=self._cwd, env=self.env, pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        return proc, ours
+        return await start_server([self._script], self.env, self._cwd)
 
     async def _read(self, control: socket.socket) -> None:
         try:

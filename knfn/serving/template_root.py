@@ -19,13 +19,18 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from knfn.logs import Printer
 from knfn.serving import template_root_wire as wire
-from knfn.serving.fork_client import ForkServerClient, killpg, pipe_reader, stop_server
+from knfn.serving.fork_client import (
+    ForkServerClient,
+    killpg,
+    pipe_reader,
+    start_server,
+    stop_server,
+)
 from knfn.serving.replica_env import PASSTHROUGH
 from knfn.serving.template import ForkedProcess, TemplateError
 
@@ -102,21 +107,9 @@ class TemplateRoot:
     async def _launch(self) -> asyncio.Task[None]:
         """Start the root and wait for its Preloaded; the task reading its messages."""
         self._cwd.mkdir(parents=True, exist_ok=True)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setblocking(False)
-        try:
-            self._proc = proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-P", "-m", "knfn.serving.template_main", "--root",
-                str(theirs.fileno()), str(os.getpid()), *map(str, self._requirements),
-                env=self.env, cwd=self._cwd, pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
+        requirements = [str(path) for path in self._requirements]
+        proc, ours = await start_server(requirements, self.env, self._cwd, root=True)
+        self._proc = proc
         self._control = ours
         assert proc.stdout is not None
         self._tasks.append(asyncio.create_task(self._client.copy_output(proc.stdout)))
