@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
-import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping
@@ -42,6 +40,13 @@ from knfn.errors import KnfnError
 from knfn.logs import Printer
 from knfn.ports import free_port
 from knfn.serving import template_wire as wire
+from knfn.serving.fork_client import (
+    ForkServerClient,
+    killpg,
+    pipe_reader,
+    start_server,
+    stop_server,
+)
 from knfn.serving.replica_records import ReplicaRecords
 
 if TYPE_CHECKING:
@@ -157,10 +162,14 @@ class Template:
         self._settled = asyncio.Event()
         self._proc: ReplicaProcess | None = None
         self._control: socket.socket | None = None
-        self._pending: dict[int, asyncio.Future[wire.Message]] = {}
-        self._children: dict[int, ForkedProcess] = {}
-        self._early_exits: dict[int, int] = {}
-        self._ids = itertools.count(1)
+        self._client = ForkServerClient(
+            name,
+            printer,
+            wire.decode,
+            errors=(wire.WireError,),
+            gone=TemplateError,
+            replies=(wire.Forked, wire.ForkFailed, wire.Exited),
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._spare: Spare | None = None
         self._forking: asyncio.Future[Spare | None] | None = None  # the next spare, on its way
@@ -207,16 +216,10 @@ class Template:
         proc, ours = forked if forked is not None else await self._spawn()
         self._proc, self._control = proc, ours
         assert proc.stdout is not None
-        self._tasks.append(asyncio.create_task(self._copy_output(proc.stdout)))
-        loop = asyncio.get_running_loop()
-        try:
-            first = await asyncio.wait_for(loop.sock_recv(ours, wire.MAX_MESSAGE), START_TIMEOUT)
-        except TimeoutError:
-            _killpg(proc.pid)
-            raise TemplateError(f"not ready within {START_TIMEOUT:.0f}s") from None
-        message = wire.decode(first) if first else None
+        self._tasks.append(asyncio.create_task(self._client.copy_output(proc.stdout)))
+        message = await self._client.first(ours, proc.pid, START_TIMEOUT)
         if not isinstance(message, wire.Ready):
-            _killpg(proc.pid)
+            killpg(proc.pid)
             code = await proc.wait()
             if isinstance(message, wire.Failed):
                 # Its reason says it all; the exit code would be our own SIGKILL's (-9).
@@ -226,67 +229,17 @@ class Template:
 
     async def _spawn(self) -> tuple[ReplicaProcess, socket.socket]:
         """The template started as a process of its own; knfn's end of its control socket."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setblocking(False)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-P", "-m", "knfn.serving.template_main",
-                str(theirs.fileno()), str(os.getpid()), self._script,
-                cwd=self._cwd, env=self.env, pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        return proc, ours
+        return await start_server([self._script], self.env, self._cwd)
 
     async def _read(self, control: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            while data := await loop.sock_recv(control, wire.MAX_MESSAGE):
-                self._dispatch(wire.decode(data))
-        except (OSError, wire.WireError) as exc:
-            self._printer.line("knfn", f"{self.name}: control channel: {exc}")
+            await self._client.read(control)
         finally:
-            # The template is gone, and with it its replicas (parent-death signal); their
-            # groups are killed here too, so that gunicorn's workers go as well, now.
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(TemplateError(f"{self.name} exited"))
-            for child in self._children.values():
-                _killpg(child.pid)
-                child.exited(-signal.SIGKILL)
-            self._children.clear()
+            # The template is gone, and with it its replicas (their groups killed: gunicorn's
+            # workers go too) and its spare.
             self._drop_spare()
             self._control = None
             control.close()
-
-    def _dispatch(self, message: wire.Message) -> None:
-        if isinstance(message, wire.Forked | wire.ForkFailed):
-            future = self._pending.get(message.id)
-            if future is not None and not future.done():
-                future.set_result(message)
-            elif isinstance(message, wire.Forked):  # its request gave up waiting: unwanted
-                _killpg(message.pid)
-        elif isinstance(message, wire.Exited):
-            child = self._children.pop(message.pid, None)
-            if child is None:
-                self._early_exits[message.pid] = message.returncode
-            else:
-                child.exited(message.returncode)
-
-    async def _copy_output(self, stdout: asyncio.StreamReader) -> None:
-        while True:
-            try:
-                raw = await stdout.readline()
-            except ValueError:  # a line over the reader's limit: the part read so far is gone
-                continue
-            if not raw:
-                return
-            self._printer.line(self.name, raw.decode("utf-8", "replace").rstrip("\n"))
 
     async def fork(self, env: Mapping[str, str]) -> ForkedProcess | None:
         """A replica with env, serving: the spare if there is one (then on its own port, in
@@ -381,7 +334,7 @@ class Template:
         if spare is None:
             return
         spare.ready.cancel()
-        _killpg(spare.process.pid)
+        killpg(spare.process.pid)
         if self._records is not None:
             self._records.remove(spare.process.pid)
 
@@ -394,21 +347,20 @@ class Template:
         control = self._control
         if self.state != "ready" or control is None:
             return None
-        request = wire.Fork(next(self._ids), delta)
+        request = wire.Fork(next(self._client.ids), delta)
         out_r, out_w = os.pipe()
         ready_r, ready_w = os.pipe()
-        self._pending[request.id] = reply = asyncio.get_running_loop().create_future()
         try:
-            await _send_fds(control, wire.encode(request), [out_w, ready_w])
-            answer = await asyncio.wait_for(reply, FORK_TIMEOUT)
+            answer = await self._client.ask(
+                control, request.id, wire.encode(request), [out_w, ready_w], FORK_TIMEOUT
+            )
         except (OSError, TimeoutError, TemplateError, wire.WireError) as exc:
             answer = wire.ForkFailed(request.id, repr(exc))
-        except BaseException:  # cancelled: a Forked that comes is killed (_dispatch)
+        except BaseException:  # cancelled: a Forked that comes is killed (fork_client)
             os.close(out_r)
             os.close(ready_r)
             raise
         finally:
-            self._pending.pop(request.id, None)
             for fd in (out_w, ready_w):
                 os.close(fd)
         if not isinstance(answer, wire.Forked):
@@ -419,13 +371,8 @@ class Template:
                 self._printer.line("knfn", f"{self.name}: fork failed ({reason}); spawning")
             return None
         port = int(delta.set.get("PORT", self.env.get("PORT", "0")))
-        process = ForkedProcess(answer.pid, await _pipe_reader(out_r), port)
-        if answer.pid in self._early_exits:
-            process.exited(self._early_exits.pop(answer.pid))
-        elif self.state == "ready":
-            self._children[answer.pid] = process
-        else:
-            process.exited(-signal.SIGKILL)
+        process = ForkedProcess(answer.pid, await pipe_reader(out_r), port)
+        self._client.adopt(process, alive=self.state == "ready")
         return process, ready_r
 
     async def stop(self) -> None:
@@ -434,40 +381,10 @@ class Template:
         self.state = "stopped"
         self._settled.set()
         self._drop_spare()
-        if self._control is not None:
-            with contextlib.suppress(OSError):
-                self._control.shutdown(socket.SHUT_WR)
-        if self._proc is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._proc.wait(), STOP_TIMEOUT)
-            _killpg(self._proc.pid)
-            await self._proc.wait()
+        await stop_server(self._control, self._proc, STOP_TIMEOUT)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-async def _send_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            socket.send_fds(sock, [data], fds)
-            return
-        except BlockingIOError:
-            writable = loop.create_future()
-            loop.add_writer(sock, writable.set_result, None)
-            try:
-                await writable
-            finally:
-                loop.remove_writer(sock)
-
-
-async def _pipe_reader(fd: int) -> asyncio.StreamReader:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=2**16)
-    pipe = os.fdopen(fd, "rb", buffering=0)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
-    return reader
 
 
 async def _ready_byte(fd: int, timeout: float) -> bool:
@@ -491,8 +408,3 @@ async def _ready_byte(fd: int, timeout: float) -> bool:
     finally:
         loop.remove_reader(fd)
         os.close(fd)
-
-
-def _killpg(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)

@@ -35,7 +35,6 @@ import ctypes
 import gc
 import importlib
 import os
-import selectors
 import signal
 import socket
 import sys
@@ -45,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from knfn.serving import fork_loop
 from knfn.serving import template_wire as wire
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -123,29 +123,7 @@ def warm_up(app: Any, server: Any) -> None:
 def serve_forks(control: socket.socket) -> Child:
     """Answer fork requests and report reaped replicas until knfn closes the channel (then
     exit); returns only in a forked child."""
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # the wakeup fd does the work
-    with selectors.DefaultSelector() as selector, contextlib.ExitStack() as closing:
-        closing.callback(os.close, wake_r)
-        closing.callback(os.close, wake_w)
-        selector.register(control, selectors.EVENT_READ)
-        selector.register(wake_r, selectors.EVENT_READ)
-        while True:
-            for key, _ in selector.select():
-                if key.fileobj == wake_r:
-                    os.read(wake_r, 4096)
-                    reap(control)
-                    continue
-                data, fds, _flags, _addr = socket.recv_fds(control, wire.MAX_MESSAGE, 2)
-                if not data:
-                    sys.exit(0)
-                child = fork(control, data, fds)
-                if child is not None:
-                    signal.set_wakeup_fd(-1)
-                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                    return child
+    return fork_loop.serve(control, lambda data, fds: fork(control, data, fds), _exited)
 
 
 def fork(control: socket.socket, data: bytes, fds: list[int]) -> Child | None:
@@ -154,33 +132,20 @@ def fork(control: socket.socket, data: bytes, fds: list[int]) -> Child | None:
         if not isinstance(request, wire.Fork) or len(fds) != 2:
             raise wire.WireError(f"expected a Fork with 2 fds, got {data[:80]!r}, {len(fds)} fds")
     except wire.WireError as exc:
-        for fd in fds:
-            os.close(fd)
-        control.send(wire.encode(wire.ForkFailed(-1, str(exc))))
+        fork_loop.refuse(control, fds, wire.encode(wire.ForkFailed(-1, str(exc))))
         return None
-    sys.stdout.flush()
-    sys.stderr.flush()
     template = os.getpid()
-    pid = os.fork()
+    pid = fork_loop.fork(fds)
     if pid == 0:
         os.setsid()
         die_with_parent(template)
         return Child(fds[0], fds[1], request.delta)
-    for fd in fds:
-        os.close(fd)
     control.send(wire.encode(wire.Forked(request.id, pid)))
     return None
 
 
-def reap(control: socket.socket) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        control.send(wire.encode(wire.Exited(pid, os.waitstatus_to_exitcode(status))))
+def _exited(pid: int, returncode: int) -> bytes:
+    return wire.encode(wire.Exited(pid, returncode))
 
 
 def serve_replica(child: Child, app: Any) -> None:

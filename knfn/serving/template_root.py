@@ -17,19 +17,22 @@ variable the root's imports depended on (template_root_wire.conflicts).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import os
-import signal
 import socket
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from knfn.logs import Printer
 from knfn.serving import template_root_wire as wire
+from knfn.serving.fork_client import (
+    ForkServerClient,
+    killpg,
+    pipe_reader,
+    start_server,
+    stop_server,
+)
 from knfn.serving.replica_env import PASSTHROUGH
-from knfn.serving.template import ForkedProcess, TemplateError, _pipe_reader, _send_fds
+from knfn.serving.template import ForkedProcess, TemplateError
 
 NAME = "template-root"
 START_TIMEOUT = 60.0
@@ -63,11 +66,15 @@ class TemplateRoot:
         self._settled = asyncio.Event()
         self._proc: asyncio.subprocess.Process | None = None
         self._control: socket.socket | None = None
-        self._pending: dict[int, asyncio.Future[wire.Message]] = {}
-        self._children: dict[int, ForkedProcess] = {}
-        self._early_exits: dict[int, int] = {}
+        self._client = ForkServerClient(
+            NAME,
+            printer,
+            wire.decode,
+            errors=(wire.RootWireError,),
+            gone=RootError,
+            replies=(wire.Spawned, wire.SpawnFailed, wire.Exited),
+        )
         self._said: set[tuple[str, ...]] = set()
-        self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -100,80 +107,26 @@ class TemplateRoot:
     async def _launch(self) -> asyncio.Task[None]:
         """Start the root and wait for its Preloaded; the task reading its messages."""
         self._cwd.mkdir(parents=True, exist_ok=True)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setblocking(False)
-        try:
-            self._proc = proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-P", "-m", "knfn.serving.template_main", "--root",
-                str(theirs.fileno()), str(os.getpid()), *map(str, self._requirements),
-                env=self.env, cwd=self._cwd, pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
+        requirements = [str(path) for path in self._requirements]
+        proc, ours = await start_server(requirements, self.env, self._cwd, root=True)
+        self._proc = proc
         self._control = ours
         assert proc.stdout is not None
-        self._tasks.append(asyncio.create_task(self._copy_output(proc.stdout)))
-        loop = asyncio.get_running_loop()
-        try:
-            first = await asyncio.wait_for(loop.sock_recv(ours, wire.MAX_MESSAGE), START_TIMEOUT)
-        except TimeoutError:
-            _killpg(proc.pid)
-            raise RootError(f"not ready within {START_TIMEOUT:.0f}s") from None
-        message = wire.decode(first) if first else None
+        self._tasks.append(asyncio.create_task(self._client.copy_output(proc.stdout)))
+        message = await self._client.first(ours, proc.pid, START_TIMEOUT)
         if not isinstance(message, wire.Preloaded):
-            _killpg(proc.pid)
+            killpg(proc.pid)
             reason = message.reason if isinstance(message, wire.Failed) else "exited"
             raise RootError(f"cannot fork templates ({reason}, code {await proc.wait()})")
         self._started, self._reads = dict(message.started), dict(message.read)
         return asyncio.create_task(self._read(ours))
 
     async def _read(self, control: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            while data := await loop.sock_recv(control, wire.MAX_MESSAGE):
-                self._dispatch(wire.decode(data))
-        except (OSError, wire.RootWireError) as exc:
-            self._printer.line("knfn", f"{NAME}: control channel: {exc}")
+            await self._client.read(control)  # the root is gone, and with it its templates
         finally:
-            # The root is gone, and with it its templates (parent-death signal).
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(RootError(f"{NAME} exited"))
-            for child in self._children.values():
-                _killpg(child.pid)
-                child.exited(-signal.SIGKILL)
-            self._children.clear()
             self._control = None
             control.close()
-
-    def _dispatch(self, message: wire.Message) -> None:
-        if isinstance(message, wire.Spawned | wire.SpawnFailed):
-            future = self._pending.get(message.id)
-            if future is not None and not future.done():
-                future.set_result(message)
-            elif isinstance(message, wire.Spawned):  # its request gave up waiting: unwanted
-                _killpg(message.pid)
-        elif isinstance(message, wire.Exited):
-            child = self._children.pop(message.pid, None)
-            if child is None:
-                self._early_exits[message.pid] = message.returncode
-            else:
-                child.exited(message.returncode)
-
-    async def _copy_output(self, stdout: asyncio.StreamReader) -> None:
-        while True:
-            try:
-                raw = await stdout.readline()
-            except ValueError:  # a line over the reader's limit: the part read so far is gone
-                continue
-            if not raw:
-                return
-            self._printer.line(NAME, raw.decode("utf-8", "replace").rstrip("\n"))
 
     async def spawn(
         self, name: str, script: str, cwd: Path, env: Mapping[str, str]
@@ -194,18 +147,17 @@ class TemplateRoot:
                     f"{name}: env differs from {NAME}'s in {plan.conflicts}; started on its own",
                 )
             return None
-        request = wire.Spawn(next(self._ids), script, str(cwd), plan.env)
+        request = wire.Spawn(next(self._client.ids), script, str(cwd), plan.env)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
         out_r, out_w = os.pipe()
-        self._pending[request.id] = reply = asyncio.get_running_loop().create_future()
         try:
-            await _send_fds(control, wire.encode(request), [theirs.fileno(), out_w])
-            answer = await asyncio.wait_for(reply, SPAWN_TIMEOUT)
+            answer = await self._client.ask(
+                control, request.id, wire.encode(request), [theirs.fileno(), out_w], SPAWN_TIMEOUT
+            )
         except (OSError, TimeoutError, RootError, wire.RootWireError) as exc:
             answer = wire.SpawnFailed(request.id, repr(exc))
         finally:
-            self._pending.pop(request.id, None)
             theirs.close()
             os.close(out_w)
         if not isinstance(answer, wire.Spawned):
@@ -215,13 +167,8 @@ class TemplateRoot:
             self._printer.line("knfn", f"{name}: {NAME} could not fork it ({reason})")
             return None
         # A template serves no port of its own.
-        process = ForkedProcess(answer.pid, await _pipe_reader(out_r), port=0)
-        if answer.pid in self._early_exits:
-            process.exited(self._early_exits.pop(answer.pid))
-        elif self.state == "ready":
-            self._children[answer.pid] = process
-        else:
-            process.exited(-signal.SIGKILL)
+        process = ForkedProcess(answer.pid, await pipe_reader(out_r), port=0)
+        self._client.adopt(process, alive=self.state == "ready")
         return process, ours
 
     async def stop(self) -> None:
@@ -229,14 +176,7 @@ class TemplateRoot:
         3. SIGKILL. The templates are stopped by their owners first."""
         self.state = "stopped"
         self._settled.set()
-        if self._control is not None:
-            with contextlib.suppress(OSError):
-                self._control.shutdown(socket.SHUT_WR)
-        if self._proc is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._proc.wait(), STOP_TIMEOUT)
-            _killpg(self._proc.pid)
-            await self._proc.wait()
+        await stop_server(self._control, self._proc, STOP_TIMEOUT)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -244,8 +184,3 @@ class TemplateRoot:
 
 class RootError(TemplateError):
     """The root template cannot fork templates."""
-
-
-def _killpg(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)

@@ -24,8 +24,6 @@ import contextlib
 import gc
 import importlib
 import os
-import selectors
-import signal
 import socket
 import sys
 import threading
@@ -36,7 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from knfn.serving import template_main
+from knfn.serving import fork_loop, template_main
 from knfn.serving import template_root_wire as wire
 
 # What a template imports before its function, whatever the function (functions-framework's
@@ -215,29 +213,9 @@ def single_threaded() -> None:
 def serve_spawns(control: socket.socket, cwd_readers: frozenset[str]) -> Request:
     """Answer spawn requests and report reaped templates until knfn closes the channel (then
     exit); returns only in a forked child."""
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # the wakeup fd does the work
-    with selectors.DefaultSelector() as selector, contextlib.ExitStack() as closing:
-        closing.callback(os.close, wake_r)
-        closing.callback(os.close, wake_w)
-        selector.register(control, selectors.EVENT_READ)
-        selector.register(wake_r, selectors.EVENT_READ)
-        while True:
-            for key, _ in selector.select():
-                if key.fileobj == wake_r:
-                    os.read(wake_r, 4096)
-                    reap(control)
-                    continue
-                data, fds, _flags, _addr = socket.recv_fds(control, wire.MAX_MESSAGE, 2)
-                if not data:
-                    sys.exit(0)
-                request = fork(control, data, fds, cwd_readers)
-                if request is not None:
-                    signal.set_wakeup_fd(-1)
-                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                    return request
+    return fork_loop.serve(
+        control, lambda data, fds: fork(control, data, fds, cwd_readers), _exited
+    )
 
 
 def fork(
@@ -248,31 +226,18 @@ def fork(
         if not isinstance(spawn, wire.Spawn) or len(fds) != 2:
             raise wire.RootWireError(f"expected a Spawn with 2 fds, got {data[:80]!r}")
     except wire.RootWireError as exc:
-        for fd in fds:
-            os.close(fd)
-        control.send(wire.encode(wire.SpawnFailed(-1, str(exc))))
+        fork_loop.refuse(control, fds, wire.encode(wire.SpawnFailed(-1, str(exc))))
         return None
-    sys.stdout.flush()
-    sys.stderr.flush()
     root = os.getpid()
-    pid = os.fork()
+    pid = fork_loop.fork(fds)
     if pid == 0:
         return Request(spawn, fds[0], fds[1], root, cwd_readers)
-    for fd in fds:
-        os.close(fd)
     control.send(wire.encode(wire.Spawned(spawn.id, pid)))
     return None
 
 
-def reap(control: socket.socket) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        control.send(wire.encode(wire.Exited(pid, os.waitstatus_to_exitcode(status))))
+def _exited(pid: int, returncode: int) -> bytes:
+    return wire.encode(wire.Exited(pid, returncode))
 
 
 def become_template(request: Request) -> None:

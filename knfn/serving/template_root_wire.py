@@ -1,10 +1,10 @@
 """The control channel between knfn and the root template, as pure functions.
 
 The root template (knfn/serving/template_root_main.py) imports the serving stack and the
-functions' libraries once, then forks each revision's template from itself. Messages are JSON
-objects with a ``type``, one per datagram of a ``SOCK_SEQPACKET`` socket pair, as on a revision
-template's channel (template_wire.py). knfn sends ``Spawn`` with two file descriptors attached
-(the new template's end of its control socket, and its output pipe); the root answers
+functions' libraries once, then forks each revision's template from itself. Messages go one per
+datagram of a ``SOCK_SEQPACKET`` socket pair, encoded as on a revision template's channel
+(control_wire.py). knfn sends ``Spawn`` with two file descriptors attached (the new template's
+end of its control socket, and its output pipe); the root answers
 ``Preloaded`` or ``Failed`` once after start, ``Spawned`` or ``SpawnFailed`` per request, and
 ``Exited`` whenever it reaps a template.
 
@@ -16,12 +16,15 @@ at import, gets its template started on its own, as without a root (:func:`plan`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-MAX_MESSAGE = 64 * 1024
+from knfn.serving import control_wire
+from knfn.serving.control_wire import Exited as Exited  # messages of this channel too
+from knfn.serving.control_wire import Failed as Failed
+
+MAX_MESSAGE = control_wire.MAX_MESSAGE
 # Read by the interpreter as it starts (locale, encodings, paths, buffering, hashing) or by
 # modules every process imports before the root's preloads (time: TZ).
 STARTUP_PREFIXES = ("PYTHON", "LC_")
@@ -56,13 +59,6 @@ class Preloaded:
 
 
 @dataclass(frozen=True)
-class Failed:
-    """root -> knfn: it cannot fork templates (threads at import, a broken preload)."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
 class Spawned:
     id: int
     pid: int
@@ -72,14 +68,6 @@ class Spawned:
 class SpawnFailed:
     id: int
     reason: str
-
-
-@dataclass(frozen=True)
-class Exited:
-    """A template was reaped; returncode as asyncio reports it (-N for signal N)."""
-
-    pid: int
-    returncode: int
 
 
 Message = Spawn | Preloaded | Failed | Spawned | SpawnFailed | Exited
@@ -120,44 +108,21 @@ def plan(
 
 
 def encode(message: Message) -> bytes:
-    data = json.dumps(
-        {"type": type(message).__name__, **asdict(message)}, separators=(",", ":")
-    ).encode()
-    if len(data) > MAX_MESSAGE:
-        raise RootWireError(
-            f"{type(message).__name__} message of {len(data)} bytes > {MAX_MESSAGE}"
-        )
-    return data
-
-
-_CHECKS: dict[str, Any] = {
-    "int": lambda v: type(v) is int,
-    "str": lambda v: type(v) is str,
-    "dict[str, str]": lambda v: isinstance(v, dict) and all(type(x) is str for x in v.values()),
-    "dict[str, str | None]": lambda v: (
-        isinstance(v, dict) and all(x is None or type(x) is str for x in v.values())
-    ),
-    "list[str]": lambda v: isinstance(v, list) and all(type(x) is str for x in v),
-}
+    return control_wire.encode(message, RootWireError)
 
 
 def decode(data: bytes) -> Message:
-    try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RootWireError(f"root control message is not JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise RootWireError(f"root control message is not an object: {data[:80]!r}")
-    kind = _TYPES.get(str(raw.get("type")))
-    if kind is None:
-        raise RootWireError(f"root control message of unknown type: {data[:80]!r}")
-    values: dict[str, Any] = {}
-    for f in fields(kind):
-        if f.name not in raw:
-            raise RootWireError(f"{kind.__name__} message without {f.name}: {data[:80]!r}")
-        if not _CHECKS[str(f.type)](raw[f.name]):
-            raise RootWireError(
-                f"{kind.__name__} message: {f.name}={raw[f.name]!r} is not {f.type}"
-            )
-        values[f.name] = raw[f.name]
-    return kind(**values)
+    return control_wire.decode(data, _TYPES, RootWireError, _CHECKS, channel="root control")
+
+
+def _all_str(values: Any, none: bool = False) -> bool:
+    return all(type(x) is str or (none and x is None) for x in values)
+
+
+_CHECKS: dict[str, control_wire.Check] = {
+    "int": control_wire.is_int,
+    "str": control_wire.is_str,
+    "dict[str, str]": lambda v: isinstance(v, dict) and _all_str(v.values()),
+    "dict[str, str | None]": lambda v: isinstance(v, dict) and _all_str(v.values(), none=True),
+    "list[str]": lambda v: isinstance(v, list) and _all_str(v),
+}

@@ -1,7 +1,7 @@
 """The control channel between knfn and a revision's template process, as pure functions.
 
-One message per datagram of a ``SOCK_SEQPACKET`` socket pair (so no framing), encoded as a JSON
-object with a ``type``. knfn sends ``Fork`` with two file descriptors attached (the child's
+One message per datagram of a ``SOCK_SEQPACKET`` socket pair (so no framing), a JSON object with
+a ``type`` (control_wire.py). knfn sends ``Fork`` with two file descriptors attached (the child's
 output pipe and its ready pipe); the template answers ``Ready`` or ``Failed`` once after start,
 ``Forked`` or ``ForkFailed`` per request, and ``Exited`` whenever it reaps a child.
 
@@ -15,14 +15,17 @@ read at import.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, MutableMapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from knfn.serving import control_wire
+from knfn.serving.control_wire import Exited as Exited  # messages of this channel too
+from knfn.serving.control_wire import Failed as Failed
 
 # Values that differ from one replica of a revision to the next (the runtime contract's PORT).
 PER_REPLICA = frozenset({"PORT"})
-MAX_MESSAGE = 64 * 1024
+MAX_MESSAGE = control_wire.MAX_MESSAGE
 
 
 class WireError(ValueError):
@@ -75,13 +78,6 @@ class Ready:
 
 
 @dataclass(frozen=True)
-class Failed:
-    """template -> knfn: it cannot fork replicas (import error, threads at import)."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
 class Forked:
     id: int
     pid: int
@@ -91,14 +87,6 @@ class Forked:
 class ForkFailed:
     id: int
     reason: str
-
-
-@dataclass(frozen=True)
-class Exited:
-    """A replica was reaped; returncode as asyncio reports it (-N for signal N)."""
-
-    pid: int
-    returncode: int
 
 
 Message = Fork | Ready | Failed | Forked | ForkFailed | Exited
@@ -111,33 +99,16 @@ def encode(message: Message) -> bytes:
     body = asdict(message)
     if isinstance(message, Fork):
         body["delta"] = {"set": dict(message.delta.set), "unset": list(message.delta.unset)}
-    data = json.dumps({"type": type(message).__name__, **body}, separators=(",", ":")).encode()
-    if len(data) > MAX_MESSAGE:
-        raise WireError(f"{type(message).__name__} message of {len(data)} bytes > {MAX_MESSAGE}")
-    return data
+    return control_wire.encode(message, WireError, body)
 
 
 def decode(data: bytes) -> Message:
-    try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"control message is not JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise WireError(f"control message is not an object: {data[:80]!r}")
-    kind = _TYPES.get(str(raw.get("type")))
-    if kind is None:
-        raise WireError(f"control message of unknown type: {data[:80]!r}")
-    values: dict[str, Any] = {}
-    for f in fields(kind):
-        if f.name not in raw:
-            raise WireError(f"{kind.__name__} message without {f.name}: {data[:80]!r}")
-        value = raw[f.name]
-        if f.name == "delta":
-            value = _delta(value)
-        elif type(value) is not (int if f.type == "int" else str):
-            raise WireError(f"{kind.__name__} message: {f.name}={value!r} is not {f.type}")
-        values[f.name] = value
-    return kind(**values)
+    return control_wire.decode(
+        data, _TYPES, WireError, _CHECKS, {"EnvDelta": _delta}, channel="control"
+    )
+
+
+_CHECKS = {"int": control_wire.is_int, "str": control_wire.is_str}
 
 
 def _delta(raw: Any) -> EnvDelta:
