@@ -76,7 +76,8 @@ def test_cli_starts(venv: Path) -> None:
 
 def test_every_import_of_knfn_is_declared(venv: Path) -> None:
     """Each third-party module knfn imports (at the top or inside a function) is installed, and
-    every knfn module imports; the function kit is the project's, not knfn's."""
+    every knfn module imports; the function kit is the project's, not knfn's. Imports under
+    ``if TYPE_CHECKING:`` are for the type checker only (e.g. ``_typeshed``) and never run."""
     script = textwrap.dedent(
         """
         import ast, importlib, importlib.util, pathlib, sys
@@ -86,7 +87,17 @@ def test_every_import_of_knfn_is_declared(venv: Path) -> None:
         for path in sorted(root.rglob("*.py")):
             rel = path.relative_to(root.parent).with_suffix("")
             modules.append(".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts))
-            for node in ast.walk(ast.parse(path.read_text())):
+            tree = ast.parse(path.read_text())
+            typing_only = {
+                id(inner)
+                for node in ast.walk(tree)
+                if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+                for stmt in node.body
+                for inner in ast.walk(stmt)
+            }
+            for node in ast.walk(tree):
+                if id(node) in typing_only:
+                    continue
                 if isinstance(node, ast.Import):
                     names = [alias.name for alias in node.names]
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
