@@ -138,8 +138,11 @@ class EmbeddedPostgres:
             process.wait_ready(
                 "postgres", ready, proc=proc, log_path=self.log_path, timeout=self.start_timeout
             )
-        except BackingError:
+        except BackingError as exc:
             process.stop(proc.pid, first=signal.SIGINT, grace=5.0)
+            if not isinstance(exc, PortTaken) and _bind_failed(self.log_path, offset):
+                # It exited over a taken port before a readiness poll read its log.
+                raise PortTaken(f"postgres: port {self.port} is already in use") from exc
             raise
         self.secure_and_create()
         return proc

@@ -271,8 +271,13 @@ class LocalS3:
             process.wait_ready(
                 self.kind, ready, proc=proc, log_path=self.log_path, timeout=self.start_timeout
             )
-        except BackingError:
+        except BackingError as exc:
             process.stop(proc.pid, grace=STOP_GRACE[self.kind])
+            if not isinstance(exc, PortTaken) and _bind_failed(self.log_path, offset):
+                # It exited over a taken port before a readiness poll read its log: a port
+                # another server (a second knfn starting at the same moment) took after we
+                # picked it. Taken, so the caller tries another free port.
+                raise PortTaken(f"{self.kind}: a port it was given is already in use") from exc
             raise
         return proc
 
