@@ -109,6 +109,19 @@ async def read_bounded(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
+async def receive_event(request: web.Request, limit: int) -> Event | web.Response:
+    """The CloudEvent a request carries (body read within limit), or the answer that refuses
+    it: 413 over the limit, 400 for an invalid event. The broker's and the channels' ingress."""
+    try:
+        body = await read_bounded(request, limit)
+    except EventTooLarge as exc:
+        return json_error(413, str(exc))
+    try:
+        return cloudevent.from_http(request.headers, body)
+    except InvalidEvent as exc:
+        return json_error(400, str(exc))
+
+
 class Ingress:
     """The broker-ingress handler, served by the gateway at Knative's broker address.
 
@@ -145,14 +158,9 @@ class Ingress:
             known = sorted(f"/{ns}/{name}" for ns, name in config.brokers)
             return json_error(404, f"no broker at {request.path}; brokers: {known}")
         namespace, broker = parts
-        try:
-            body = await read_bounded(request, self._max_event_bytes)
-        except EventTooLarge as exc:
-            return json_error(413, str(exc))
-        try:
-            event = cloudevent.from_http(request.headers, body)
-        except InvalidEvent as exc:
-            return json_error(400, str(exc))
+        event = await receive_event(request, self._max_event_bytes)
+        if isinstance(event, web.Response):
+            return event
         ttl = next_ttl(event.attributes.get(TTL))
         if ttl <= 0:
             return json_error(

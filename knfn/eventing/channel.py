@@ -26,9 +26,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter as Metric
 
-from knfn.eventing import cloudevent, subscription
-from knfn.eventing.broker import DEFAULT_MAX_EVENT_BYTES, EventTooLarge, next_ttl, read_bounded
-from knfn.eventing.cloudevent import InvalidEvent
+from knfn.eventing import subscription
+from knfn.eventing.broker import DEFAULT_MAX_EVENT_BYTES, next_ttl, receive_event
 from knfn.eventing.flows import Flow, Flows
 from knfn.eventing.sending import pass_through
 from knfn.eventing.store import Accept, EventRejected, StoreUnavailable
@@ -81,14 +80,9 @@ class FlowIngress:
             return json_error(404, f"no Sequence or Parallel at {request.host}; flows: {known}")
         if request.path != "/":
             return json_error(400, f"{flow.address} takes events at /, not {request.path}")
-        try:
-            body = await read_bounded(request, self._max_event_bytes)
-        except EventTooLarge as exc:
-            return json_error(413, str(exc))
-        try:
-            event = cloudevent.from_http(request.headers, body)
-        except InvalidEvent as exc:
-            return json_error(400, str(exc))
+        event = await receive_event(request, self._max_event_bytes)
+        if isinstance(event, web.Response):
+            return event
         sent = event.attributes.get(subscription.TTL)
         ttl = next_ttl(sent)
         if ttl <= 0:
