@@ -275,6 +275,17 @@ class DevRun:
         return Path(self.env["KNFN_STATE_DIR"])
 
 
+def eventing_project(root: Path, manifests: str) -> Path:
+    """A project under root whose knative/base holds only these eventing objects (no
+    functions), for `knfn_dev(..., project=root)`."""
+    base = root / "knative" / "base"
+    base.mkdir(parents=True)
+    (base / "kustomization.yaml").write_text("resources: [eventing.yaml]\n")
+    (base / "eventing.yaml").write_text(manifests)
+    (root / "functions").mkdir()
+    return root
+
+
 @contextmanager
 def knfn_dev(
     workdir: Path,

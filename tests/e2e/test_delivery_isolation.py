@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import statistics
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.support import KNFN, dev_env, free_port, http_server_thread
+from tests.support import eventing_project, free_port, http_server_thread, knfn_dev
 
 BROKER = "broker-ingress.knative-eventing.svc.cluster.local"
 HUNG = 100  # more than a subscriber's bound of attempts in flight
@@ -66,30 +65,17 @@ def manifests(url: str) -> str:
 @pytest.fixture
 def knfn(tmp_path: Path) -> Iterator[tuple[int, Subscribers]]:
     subscribers = Subscribers()
-    base = tmp_path / "knative" / "base"
-    base.mkdir(parents=True)
-    (base / "kustomization.yaml").write_text("resources: [eventing.yaml]\n")
-    (base / "eventing.yaml").write_text(manifests(f"http://127.0.0.1:{subscribers.port}"))
-    (tmp_path / "functions").mkdir()
-    env = dev_env(tmp_path / ".knfn")
-    port = int(env["KNFN_PORT"])
-    log = tmp_path / "dev.log"
-    with http_server_thread(subscribers.handle, subscribers.port):
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [KNFN, "--project-dir", str(tmp_path), "dev"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+    project = eventing_project(tmp_path, manifests(f"http://127.0.0.1:{subscribers.port}"))
+    with (
+        http_server_thread(subscribers.handle, subscribers.port),
+        knfn_dev(tmp_path, project=project) as run,
+    ):
         try:
-            deadline = time.monotonic() + 120
-            while b"ready; Ctrl-C" not in log.read_bytes():
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
-            yield port, subscribers
+            yield run.port, subscribers
         finally:
             subscribers.release.set()
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(60) == 0, log.read_text()[-3000:]
+            run.proc.send_signal(signal.SIGTERM)
+            assert run.proc.wait(60) == 0, run.log.read_text()[-3000:]
 
 
 async def post(session: aiohttp.ClientSession, port: int, type_: str, id_: str) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -23,7 +22,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.support import KNFN, dev_env, free_port, http_server_thread
+from tests.support import eventing_project, free_port, http_server_thread, knfn_dev
 
 BROKER = "broker-ingress.knative-eventing.svc.cluster.local"
 A_EVENTS, B_EVENTS, LOOSE = 8, 20, 5
@@ -102,29 +101,17 @@ class Subscriber:
 @pytest.fixture
 def knfn(tmp_path: Path) -> Iterator[tuple[int, Subscriber]]:
     subscriber = Subscriber()
-    base = tmp_path / "knative" / "base"
-    base.mkdir(parents=True)
-    (base / "kustomization.yaml").write_text("resources: [eventing.yaml]\n")
-    (base / "eventing.yaml").write_text(MANIFESTS.format(port=subscriber.port))
-    (tmp_path / "functions").mkdir()
-    env = dev_env(tmp_path / ".knfn", KNFN_DISPATCHERS="2")
-    log = tmp_path / "dev.log"
-    with http_server_thread(subscriber.handle, subscriber.port):
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [KNFN, "--project-dir", str(tmp_path), "dev"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+    project = eventing_project(tmp_path, MANIFESTS.format(port=subscriber.port))
+    with (
+        http_server_thread(subscriber.handle, subscriber.port),
+        knfn_dev(tmp_path, extra_env={"KNFN_DISPATCHERS": "2"}, project=project) as run,
+    ):
         try:
-            deadline = time.monotonic() + 120
-            while b"ready; Ctrl-C" not in log.read_bytes():
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
-            yield int(env["KNFN_PORT"]), subscriber
+            yield run.port, subscriber
         finally:
             subscriber.b_done.set()
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(60) == 0, log.read_text()[-3000:]
+            run.proc.send_signal(signal.SIGTERM)
+            assert run.proc.wait(60) == 0, run.log.read_text()[-3000:]
 
 
 async def post(session: aiohttp.ClientSession, port: int, id_: str, key: str | None) -> int:
